@@ -1,0 +1,75 @@
+"""eqx_msg: one aligned, memory-mappable file for any JAX/Equinox pytree.
+
+import eqx_msg
+data = eqx_msg.dumps(model, metadata={"step": 100})
+model = eqx_msg.loads(data)
+eqx_msg.save("model.eqx", model)
+model = eqx_msg.load("model.eqx")            # memory-mapped, zero-copy on the CPU
+with eqx_msg.open("model.eqx") as reader:    # lazy: one leaf, a slice, a subtree
+    weight = reader[".layers[0].weight"]
+"""
+
+from typing import Any
+
+from ._codec import as_bytes_array, dumps, loads, read_header
+from ._core import VERSION as FORMAT_VERSION
+from ._core import __version__
+from ._errors import (
+    DTypeError,
+    EqxMsgError,
+    FormatError,
+    HeaderError,
+    KeyPathError,
+    LayoutError,
+    LengthError,
+    LimitError,
+    MagicError,
+    ShardingError,
+    StructureMismatchError,
+    UnknownTypeError,
+    UnserialisableError,
+    VersionError,
+)
+from ._file import Reader, load, open, save
+from ._header import Header, LeafSpec, ShardingSpec
+from ._registry import register
+
+
+def header(data: Any) -> Header:
+    """The validated header of eqx_msg bytes (or a path); imports nothing the file names."""
+    if isinstance(data, str) or hasattr(data, "__fspath__"):
+        with open(data) as reader:
+            return reader.header
+    raw, _ = read_header(as_bytes_array(data))
+    return Header.model_validate(raw)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DTypeError",
+    "EqxMsgError",
+    "FormatError",
+    "Header",
+    "HeaderError",
+    "KeyPathError",
+    "LayoutError",
+    "LeafSpec",
+    "LengthError",
+    "LimitError",
+    "MagicError",
+    "Reader",
+    "ShardingError",
+    "ShardingSpec",
+    "StructureMismatchError",
+    "UnknownTypeError",
+    "UnserialisableError",
+    "VersionError",
+    "__version__",
+    "dumps",
+    "header",
+    "load",
+    "loads",
+    "open",
+    "register",
+    "save",
+]

@@ -1,0 +1,201 @@
+"""The header and leaf plan shared by every writer and reader: bytes in, pytree out, and back."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import equinox
+import jax
+import jax.tree_util as jtu
+import msgpack
+import numpy as np
+
+from . import _core, _leaves, _place, _registry, _static, _tree
+from ._errors import HeaderError, StructureMismatchError, UnserialisableError
+from ._header import FORMAT_NAME
+
+WRITER = {
+    "eqx_msg": _core.__version__,
+    "jax": jax.__version__,
+    "equinox": getattr(equinox, "__version__", "unknown"),
+    "numpy": np.__version__,
+    "python": ".".join(map(str, sys.version_info[:3])),
+}
+
+
+class Plan(NamedTuple):
+    """What a writer needs: the encoded header, and per leaf its record (with range) and source."""
+
+    header: bytes
+    records: list[dict[str, Any]]
+    sources: list[Any]
+    data_nbytes: int
+
+
+def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
+    """Flatten `tree`, lay its leaves out at `alignment` and encode the header."""
+    flat = _tree.flatten(tree)
+    stored = [r for r in flat.records if r["kind"] != "abstract"]
+    sizes = [_core.storage_nbytes(r["dtype"], r["shape"]) for r in stored]
+    offsets, data_nbytes = _core.layout(sizes, alignment)
+    for record, offset, nbytes in zip(stored, offsets, sizes):
+        record["offset"] = offset
+        record["nbytes"] = nbytes
+    header = {
+        "format": FORMAT_NAME,
+        "version": _core.VERSION,
+        "alignment": alignment,
+        "data_nbytes": data_nbytes,
+        "leaves": flat.records,
+        "tree": flat.tree,
+        "metadata": metadata,
+        "writer": WRITER,
+    }
+    try:
+        encoded = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise UnserialisableError(
+            f"metadata= must be msgpack data (dict, list, str, bytes, numbers, bool, None): {err}"
+        ) from None
+    return Plan(encoded, flat.records, flat.sources, data_nbytes)
+
+
+def as_bytes_array(data: Any) -> np.ndarray:
+    """A read-only 1-D uint8 view of bytes, bytearray, memoryview, mmap or a uint8 array."""
+    try:
+        buf = np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"expected bytes, bytearray, memoryview or mmap, got {type(data).__name__}: {err}"
+        ) from None
+    buf.flags.writeable = False
+    return buf
+
+
+def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
+    """Validate a whole file in `buf` (Rust) and decode its header; returns (header, data_start)."""
+    header_len, data_start = _core.inspect(buf)
+    try:
+        header = msgpack.unpackb(
+            buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len], raw=False, strict_map_key=False
+        )
+    except (ValueError, TypeError, msgpack.ExtraData) as err:  # pragma: no cover - Rust checked it
+        raise HeaderError(f"header at byte {_core.PREFIX_LEN}: {err}") from None
+    return header, data_start
+
+
+def rebuild(
+    header: dict[str, Any],
+    fetch: Callable[[int], np.ndarray],
+    *,
+    like: Any = None,
+    allow: Any = (),
+    device: Any = None,
+    sharding: Any = None,
+    select: Callable[[str], bool] | None = None,
+) -> Any:
+    """Rebuild the pytree of a decoded header; `fetch(i)` gives leaf i's bytes as a numpy array."""
+    records = header["leaves"]
+    allowed = _registry.allow_map(allow)
+    selected = None if select is None else [bool(select(r["path"])) for r in records]
+    shardings = _place.resolve_shardings(
+        sharding, records, lambda i: _leaves.abstract_leaf(records[i])
+    )
+    leaves = _leaves.build_leaves(records, fetch, device, shardings, selected)
+    if like is None:
+        return _tree.unflatten(header["tree"], leaves, allowed)
+    return match_like(like, header["tree"], records, leaves, allowed)
+
+
+def match_like(
+    like: Any,
+    tree: Any,
+    records: Sequence[dict[str, Any]],
+    leaves: Sequence[Any],
+    allow: Mapping[str, Any],
+) -> Any:
+    """Fill `like`'s structure with the file's leaves by key path; report every mismatch at once."""
+    found: dict[str, Any] = {r["path"]: leaf for r, leaf in zip(records, leaves)}
+    values = dict(_tree.value_paths(tree))
+    wanted, treedef = jtu.tree_flatten_with_path(like)
+    problems: list[str] = []
+    out: list[Any] = []
+    for key_path, reference in wanted:
+        path = jtu.keystr(key_path)
+        if path in found:
+            leaf = found.pop(path)
+            problem = _compare(reference, leaf)
+            if problem:
+                problems.append(f"{path}: {problem}")
+        elif path in values:
+            leaf = _static.decode(values.pop(path)["v"], allow, path)
+        else:
+            problems.append(f"{path}: in like= but not in the file")
+            leaf = None
+        out.append(leaf)
+    problems.extend(f"{path}: in the file but not in like=" for path in [*found, *values])
+    if problems:
+        raise StructureMismatchError(
+            f"the file does not match like= ({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+    return jtu.tree_unflatten(treedef, out)
+
+
+def _compare(reference: Any, leaf: Any) -> str | None:
+    """Why `leaf` does not fit where `reference` stands in like=, or None."""
+    if not hasattr(reference, "shape") or not hasattr(reference, "dtype"):
+        return None
+    ref = (
+        tuple(reference.shape),
+        np.dtype(reference.dtype) if not _is_key(reference) else reference.dtype,
+    )
+    got = (tuple(leaf.shape), np.dtype(leaf.dtype) if not _is_key(leaf) else leaf.dtype)
+    if ref != got:
+        return (
+            f"like= has shape {ref[0]} dtype {ref[1]}, the file has shape {got[0]} dtype {got[1]}"
+        )
+    return None
+
+
+def _is_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def dumps(tree: Any, *, metadata: Any = None, alignment: int = 64) -> bytes:
+    """Serialise a pytree to bytes in the eqx_msg format.
+
+    **Arguments:**
+    - `tree`: any pytree: Equinox Modules, dicts/lists/tuples/namedtuples, optax states, registered
+      nodes; numpy or jax arrays of any dtype, typed PRNG keys, `jax.ShapeDtypeStruct`, Python scalars,
+      strings and module-level functions as leaves.
+    - `metadata`: any msgpack value (dicts, lists, strings, numbers) stored in the header.
+    - `alignment`: byte alignment of every leaf (a power of two, at least 64).
+
+    **Returns:** the file's bytes, e.g. `eqx_msg.loads(eqx_msg.dumps(model))`.
+    """
+    planned = plan(tree, metadata, alignment)
+    hosts = [_leaves.host_array(r, s) for r, s in zip(planned.records, planned.sources)]
+    return _core.assemble(planned.header, hosts)
+
+
+def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:
+    """Rebuild a pytree from eqx_msg bytes (bytes, bytearray, memoryview or mmap).
+
+    **Arguments:**
+    - `data`: the bytes of a file written by `dumps` or `save`.
+    - `like`: optional pytree (or `eqx.filter_eval_shape` skeleton) whose structure to use; every
+      missing or extra key path and every shape or dtype mismatch is reported in one
+      `StructureMismatchError`.
+    - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
+
+    **Returns:** the pytree. numpy leaves are read-only views into `data` (no copy); jax leaves are
+    placed on the default device.
+    """
+    buf = as_bytes_array(data)
+    header, data_start = read_header(buf)
+    records = header["leaves"]
+    return rebuild(
+        header, lambda i: _leaves.host_view(buf, records[i], data_start), like=like, allow=allow
+    )

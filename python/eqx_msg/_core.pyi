@@ -1,0 +1,60 @@
+"""Type stubs for `eqx_msg._core`, the Rust extension (crate `rust/python`, core in `rust/core`).
+
+Every function raises the `eqx_msg._errors` class named by the failure (`MagicError`,
+`VersionError`, `LengthError`, `HeaderError`, `LayoutError`, `DTypeError`, `LimitError`), with a
+message saying what is wrong and where. Long-running work runs with the GIL released.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+MAGIC: bytes
+"""The six bytes every file starts with: `b"EQXMSG"`."""
+VERSION: int
+"""The format version this module reads and writes."""
+PREFIX_LEN: int
+"""Length of the prefix (magic, u16 version, u64 header length): 16."""
+MIN_ALIGNMENT: int
+"""Smallest allowed `alignment` (64)."""
+MAX_ALIGNMENT: int
+"""Largest allowed `alignment` (1 MiB)."""
+MAX_HEADER_LEN: int
+"""Longest header accepted (256 MiB)."""
+MAX_DEPTH: int
+"""Most nested msgpack arrays/maps in a header, the header map counting as 1 (128)."""
+MAX_NDIM: int
+"""Most dimensions of a leaf's shape (64)."""
+__version__: str
+"""Version of the Rust crate."""
+
+def dtype_names() -> list[str]:
+    """Names of all dtypes of the format (FORMAT.md section 5)."""
+
+def dtype_bits(name: str) -> int:
+    """Bits per stored element of dtype `name` (4 or 2 for packed types); DTypeError if unknown."""
+
+def storage_nbytes(dtype: str, shape: Sequence[int]) -> int:
+    """`ceil(prod(shape) * bits / 8)`: bytes an array of `dtype` and `shape` takes in a file."""
+
+def layout(nbytes: Sequence[int], alignment: int) -> tuple[list[int], int]:
+    """Offsets of leaves of these sizes laid out in order at `alignment`, and `data_nbytes`."""
+
+def inspect(buf: npt.NDArray[np.uint8]) -> tuple[int, int]:
+    """Validate a whole file (prefix, header, exact length); return `(header_len, data_start)`."""
+
+def check_header(header: bytes) -> tuple[int, int]:
+    """Decode and validate an encoded header alone; return `(alignment, data_nbytes)`."""
+
+def frame_prefix(header: bytes) -> bytes:
+    """Prefix + header + zero padding up to the data section, for streaming writers."""
+
+def assemble(header: bytes, leaves: Sequence[np.ndarray | None]) -> bytes:
+    """The whole file in one allocation; `leaves[i]` is C-contiguous (None for abstract leaves)."""
+
+def pack_subbyte(src: npt.NDArray[np.uint8], bits: int) -> bytes:
+    """Pack one-byte-per-element 4- or 2-bit values (low bits of each byte), `8 // bits` per byte."""
+
+def unpack_subbyte(src: npt.NDArray[np.uint8], bits: int, count: int) -> bytes:
+    """Unpack `count` 4- or 2-bit values into one byte each (not sign-extended)."""

@@ -1,0 +1,78 @@
+"""The exceptions eqx_msg raises: one class per way things go wrong, all `ValueError`s."""
+
+
+class EqxMsgError(ValueError):
+    """Base class of every error eqx_msg raises."""
+
+
+class FormatError(EqxMsgError):
+    """The bytes are not a valid eqx_msg file (base of the damaged-file errors below)."""
+
+
+class MagicError(FormatError):
+    """The data does not start with the eqx_msg magic bytes: not an eqx_msg file."""
+
+
+class VersionError(FormatError):
+    """The file's format version is not one this reader knows."""
+
+
+class LengthError(FormatError):
+    """The file is shorter or longer than its prefix and header say (truncated or trailing bytes)."""
+
+
+class HeaderError(FormatError):
+    """The header is not valid msgpack, or a field is missing, of the wrong type or malformed."""
+
+
+class LayoutError(FormatError):
+    """A leaf's byte range is misaligned, out of bounds, overlapping, or of the wrong length."""
+
+
+class DTypeError(FormatError):
+    """A dtype name that is not in the format's dtype table."""
+
+
+class LimitError(FormatError):
+    """A safety cap was exceeded: header size, nesting depth or number of dimensions."""
+
+
+class UnknownTypeError(EqxMsgError):
+    """The file names a class or function that is not in the registry or `allow=`."""
+
+
+class UnserialisableError(EqxMsgError):
+    """`dumps`/`save` met a value it cannot store (a lambda, a closure, an unsupported object)."""
+
+
+class StructureMismatchError(EqxMsgError):
+    """The file does not match the `like=` pytree: missing or extra key paths, other shapes or dtypes."""
+
+
+class ShardingError(EqxMsgError):
+    """A saved or requested sharding cannot be rebuilt on the devices at hand."""
+
+
+class KeyPathError(EqxMsgError, KeyError):
+    """A key path asked of a `Reader` is not in the file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+__all__ = [
+    "DTypeError",
+    "EqxMsgError",
+    "FormatError",
+    "HeaderError",
+    "KeyPathError",
+    "LayoutError",
+    "LengthError",
+    "LimitError",
+    "MagicError",
+    "ShardingError",
+    "StructureMismatchError",
+    "UnknownTypeError",
+    "UnserialisableError",
+    "VersionError",
+]

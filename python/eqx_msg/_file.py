@@ -1,0 +1,334 @@
+"""Files: atomic streaming `save`, memory-mapped `load`, and lazy per-leaf access through `Reader`."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import mmap
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from . import _codec, _core, _leaves, _place
+from ._errors import KeyPathError, LayoutError, LengthError
+from ._header import Header
+
+PathLike = str | os.PathLike[str]
+_ZEROS = bytes(1 << 20)
+
+
+def save(
+    target: PathLike | BinaryIO, tree: Any, *, metadata: Any = None, alignment: int = 64
+) -> None:
+    """Write a pytree to a file, streaming leaf by leaf; atomic when `target` is a path.
+
+    **Arguments:**
+    - `target`: a path, or a writable binary file object.
+    - `tree`, `metadata`, `alignment`: as for `eqx_msg.dumps`.
+
+    A path is written to a temporary file in the same directory, fsynced and renamed over the target,
+    then the directory is fsynced: a crash never leaves a half-written file at `target`, and on any
+    error the previous file is untouched and nothing is left behind. Peak extra memory is about one
+    leaf (device arrays come to the host one at a time; row-sharded arrays one shard at a time).
+    """
+    planned = _codec.plan(tree, metadata, alignment)
+    if not isinstance(target, str | os.PathLike):
+        _write(target, planned)
+        return
+    path = os.path.abspath(os.fspath(target))
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".eqx-msg-tmp", dir=directory)
+    try:
+        os.fchmod(fd, _mode_for(path))
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            _write(f, planned)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _write(f: BinaryIO, planned: _codec.Plan) -> None:
+    """Stream the prefix, header and every leaf (with zero padding) to `f`."""
+    _write_all(f, _core.frame_prefix(planned.header))
+    position = 0  # relative to the data section
+    for record, source in zip(planned.records, planned.sources):
+        if record["kind"] == "abstract":
+            continue
+        _pad(f, record["offset"] - position)
+        written = 0
+        for chunk in _host_chunks(record, source):
+            _write_all(f, chunk)
+            written += chunk.nbytes
+        if written != record["nbytes"]:  # pragma: no cover - guards a logic error, never a file
+            raise LayoutError(
+                f"{record['path']}: wrote {written} bytes, expected {record['nbytes']}"
+            )
+        position = record["offset"] + written
+    _pad(f, planned.data_nbytes - position)
+
+
+def _host_chunks(record: dict[str, Any], source: Any) -> Iterator[np.ndarray]:
+    """A leaf's stored bytes in order: shard by shard for row-sharded jax arrays, else whole."""
+    shards = _row_shards(source) if record["kind"] == "jax" else None
+    if shards is None:
+        yield _flat_bytes(_leaves.host_array(record, source))
+        return
+    for shard in shards:
+        yield _flat_bytes(_leaves.host_array(record, shard.data))
+
+
+def _row_shards(array: Any) -> list[Any] | None:
+    """The distinct shards of a sharded jax.Array in row order, if they tile it by leading rows."""
+    if not isinstance(array, jax.Array) or len(array.sharding.device_set) < 2 or array.ndim == 0:
+        return None
+    if not array.is_fully_addressable:
+        return None
+    rows: dict[int, Any] = {}
+    for shard in array.addressable_shards:
+        index = shard.index
+        if any(
+            s != slice(None) and (s.start, s.stop) != (0, n)
+            for s, n in zip(index[1:], array.shape[1:])
+        ):
+            return None  # a column shard is not a contiguous block of the file
+        start = index[0].start or 0
+        rows.setdefault(start, shard)
+    ordered = [rows[k] for k in sorted(rows)]
+    end = 0
+    for shard in ordered:
+        start = shard.index[0].start or 0
+        stop = shard.index[0].stop if shard.index[0].stop is not None else array.shape[0]
+        if start != end:
+            return None
+        end = stop
+    return ordered if end == array.shape[0] else None
+
+
+def _flat_bytes(array: np.ndarray | None) -> np.ndarray:
+    assert array is not None
+    return array.reshape(-1).view(np.uint8)
+
+
+def _write_all(f: BinaryIO, data: bytes | np.ndarray) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = f.write(view)
+        if n is None:  # a non-blocking raw file: nothing written this time
+            continue
+        view = view[n:]
+
+
+def _pad(f: BinaryIO, count: int) -> None:
+    while count > 0:
+        step = min(count, len(_ZEROS))
+        _write_all(f, _ZEROS[:step])
+        count -= step
+
+
+def _mode_for(path: str) -> int:
+    """Keep an existing file's permissions; new files get 0o666 less the umask, like open()."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(
+    path: PathLike,
+    *,
+    like: Any = None,
+    allow: Any = (),
+    device: Any = None,
+    sharding: Any = None,
+    filter: Any = None,
+) -> Any:
+    """Load a pytree from a file by memory-mapping it: nothing is read until it is used.
+
+    **Arguments:**
+    - `path`: the file.
+    - `like`, `allow`: as for `eqx_msg.loads`.
+    - `device`: where jax leaves go (default: JAX's default device). On the CPU they alias the map.
+    - `sharding`: a `jax.sharding.Sharding` for every jax leaf, a pytree of them matched by key path,
+      a callable `(key_path, ShapeDtypeStruct) -> Sharding | None`, or `"saved"` for the layout each
+      leaf was saved with. Each device reads only its own slice of the map.
+    - `filter`: a predicate on key path strings, or a pytree prefix of bools (e.g.
+      `{"encoder": True, "decoder": False}`); leaves not selected are not read and come back as
+      `jax.ShapeDtypeStruct`.
+
+    **Returns:** the pytree. numpy leaves are read-only views into the map, which stays open while any
+    array uses it.
+    """
+    with open(path) as reader:
+        return reader.load(like=like, allow=allow, device=device, sharding=sharding, filter=filter)
+
+
+def open(path: PathLike) -> Reader:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open a file for lazy access: `with eqx_msg.open(p) as r: r["['encoder'].weight"]`."""
+    return Reader(path)
+
+
+class Reader:
+    """A memory-mapped eqx_msg file: header, key paths, single leaves, slices and subtrees."""
+
+    def __init__(self, path: PathLike):
+        """Map `path` and validate the whole file (header and every byte range; no data is read)."""
+        with _builtin_open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < _core.PREFIX_LEN:
+                raise LengthError(
+                    f"{os.fspath(path)}: {size} bytes is too short for an eqx_msg file"
+                )
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.path = os.fspath(path)
+        self._buf = _codec.as_bytes_array(self._map)
+        self._raw, self._data_start = _codec.read_header(self._buf)
+        self._records: list[dict[str, Any]] = self._raw["leaves"]
+        self._index = {r["path"]: i for i, r in enumerate(self._records)}
+        self._header: Header | None = None
+
+    @property
+    def header(self) -> Header:
+        """The validated header model."""
+        if self._header is None:
+            self._header = Header.model_validate(self._raw)
+        return self._header
+
+    @property
+    def metadata(self) -> Any:
+        """The user metadata stored with `save(..., metadata=)`."""
+        return self._raw.get("metadata")
+
+    def keys(self) -> list[str]:
+        """The key paths of the array leaves, in file order."""
+        return list(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        """A leaf's data as a read-only numpy view into the map (key data for PRNG keys)."""
+        record = self._record(key)
+        if record["kind"] == "abstract":
+            raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
+        return _leaves.host_view(self._buf, record, self._data_start)
+
+    def get(self, key: str, device: Any = None, sharding: Any = None) -> Any:
+        """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""
+        index = self._index_of(key)
+        record = self._records[index]
+        shardings = _place.resolve_shardings(
+            sharding, [record], lambda _: _leaves.abstract_leaf(record)
+        )
+        return _leaves.build_leaves([record], lambda _: self[key], device, shardings)[0]
+
+    def slice(self, key: str) -> _Slice:
+        """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""
+        return _Slice(self[key])
+
+    def abstract(self, allow: Any = ()) -> Any:
+        """The saved pytree with `jax.ShapeDtypeStruct` leaves; no array data is read."""
+        return self.load(allow=allow, filter=lambda _: False)
+
+    def load(
+        self,
+        *,
+        like: Any = None,
+        allow: Any = (),
+        device: Any = None,
+        sharding: Any = None,
+        filter: Any = None,
+    ) -> Any:
+        """The whole pytree, or the part `filter` selects; arguments as for `eqx_msg.load`."""
+        return _codec.rebuild(
+            self._raw,
+            lambda i: _leaves.host_view(self._buf, self._records[i], self._data_start),
+            like=like,
+            allow=allow,
+            device=device,
+            sharding=sharding,
+            select=_selector(filter),
+        )
+
+    def close(self) -> None:
+        """Drop the reader's references to the map; arrays still using it keep it alive."""
+        self._buf = None  # type: ignore[assignment]
+        with contextlib.suppress(BufferError):  # arrays still view the map: unmapped with the last
+            self._map.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _index_of(self, key: str) -> int:
+        try:
+            return self._index[key]
+        except KeyError:
+            close = [k for k in self._index if key in k or k in key][:5]
+            raise KeyPathError(
+                f"{key!r} is not a key path in {self.path}"
+                + (f"; did you mean {close}?" if close else "")
+            ) from None
+
+    def _record(self, key: str) -> dict[str, Any]:
+        return self._records[self._index_of(key)]
+
+
+class _Slice:
+    """Row access to one leaf: indexing reads only the selected part of the map."""
+
+    def __init__(self, view: np.ndarray):
+        self._view = view
+        self.shape = view.shape
+        self.dtype = view.dtype
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.array(self._view[index])
+
+
+def _selector(filter: Any) -> Callable[[str], bool] | None:
+    """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools."""
+    if filter is None or callable(filter):
+        return filter
+    prefixes = [(jtu.keystr(p), bool(v)) for p, v in jtu.tree_flatten_with_path(filter)[0]]
+
+    def select(path: str) -> bool:
+        chosen = False
+        best = -1
+        for prefix, value in prefixes:
+            if (path == prefix or path.startswith(prefix) and path[len(prefix)] in "[.") and len(
+                prefix
+            ) > best:
+                chosen, best = value, len(prefix)
+        return chosen
+
+    return select
+
+
+_builtin_open = builtins.open

@@ -1,0 +1,160 @@
+"""The header as pydantic models: the documented schema of FORMAT.md sections 2-4 and 7.
+
+`Header.model_json_schema()` is published as `docs/header.schema.json`. Byte-range rules (alignment,
+bounds, overlap, sizes, dtype names) are checked by the Rust core before any model is built; these models
+check the shapes and types of the fields, and give readers a typed view of a file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+FORMAT_NAME = "eqx_msg"
+LeafKind = Literal["numpy", "numpy_scalar", "jax", "key", "abstract"]
+
+
+class _Model(BaseModel):
+    # Unknown keys are kept, not refused: later minor versions may add keys (FORMAT.md section 8).
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ShardingSpec(_Model):
+    """How a jax.Array was laid out over devices when saved (a `NamedSharding`)."""
+
+    mesh_axes: list[str]
+    mesh_shape: list[NonNegativeInt]
+    device_ids: list[int]
+    spec: list[str | list[str] | None]
+    memory_kind: str | None = None
+
+
+class LeafSpec(_Model):
+    """One array leaf: its key path, kind, dtype, shape and byte range in the data section."""
+
+    path: str = Field(description="the key path, as jax.tree_util.keystr writes it")
+    kind: LeafKind
+    dtype: str = Field(description="a dtype name from FORMAT.md section 5")
+    shape: list[NonNegativeInt]
+    offset: NonNegativeInt | None = Field(None, description="start, relative to the data section")
+    nbytes: NonNegativeInt | None = None
+    weak_type: bool = False
+    key_impl: str | None = Field(
+        None, description="typed PRNG key impl; dtype/shape are its data's"
+    )
+    sharding: ShardingSpec | None = None
+
+
+class LeafNode(_Model):
+    """An array leaf: index `i` into `Header.leaves`."""
+
+    t: Literal["leaf"]
+    i: NonNegativeInt
+
+
+class NoneNode(_Model):
+    """`None`."""
+
+    t: Literal["none"]
+
+
+class ValueNode(_Model):
+    """A non-array leaf stored inline as a static value (number, string, function, ...)."""
+
+    t: Literal["value"]
+    v: Any
+    p: str = ""
+
+
+class ListNode(_Model):
+    """A list."""
+
+    t: Literal["list"]
+    c: list[Node]
+
+
+class TupleNode(_Model):
+    """A tuple."""
+
+    t: Literal["tuple"]
+    c: list[Node]
+
+
+class DictNode(_Model):
+    """A dict; `k` are the keys as static values, in insertion order."""
+
+    t: Literal["dict"]
+    k: list[Any]
+    c: list[Node]
+
+
+class OrderedDictNode(_Model):
+    """A `collections.OrderedDict`."""
+
+    t: Literal["ordereddict"]
+    k: list[Any]
+    c: list[Node]
+
+
+class DefaultDictNode(_Model):
+    """A `collections.defaultdict` with its default factory."""
+
+    t: Literal["defaultdict"]
+    factory: Any
+    k: list[Any]
+    c: list[Node]
+
+
+class NamedTupleNode(_Model):
+    """A namedtuple of a registered class."""
+
+    t: Literal["namedtuple"]
+    cls: str
+    c: list[Node]
+
+
+class CustomNode(_Model):
+    """Any other registered pytree node (Equinox Module, optax state, ...): class, aux, children."""
+
+    t: Literal["node"]
+    cls: str
+    aux: Any
+    c: list[Node]
+
+
+Node = Annotated[
+    LeafNode
+    | NoneNode
+    | ValueNode
+    | ListNode
+    | TupleNode
+    | DictNode
+    | OrderedDictNode
+    | DefaultDictNode
+    | NamedTupleNode
+    | CustomNode,
+    Field(discriminator="t"),
+]
+
+
+class Header(_Model):
+    """The header of an eqx_msg file."""
+
+    format: Literal["eqx_msg"]
+    version: Literal[1]
+    alignment: int = Field(ge=64, le=1 << 20, description="a power of two")
+    data_nbytes: NonNegativeInt
+    leaves: list[LeafSpec]
+    tree: Node
+    metadata: Any = None
+    writer: dict[str, str] = {}
+
+    def keys(self) -> list[str]:
+        """The key paths of the array leaves, in record order."""
+        return [leaf.path for leaf in self.leaves]
+
+
+for _model in (ListNode, TupleNode, DictNode, OrderedDictNode, DefaultDictNode, NamedTupleNode,
+               CustomNode, Header):  # fmt: skip
+    _model.model_rebuild()

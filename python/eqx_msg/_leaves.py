@@ -1,0 +1,133 @@
+"""Array leaves: the bytes a leaf stores when writing, and the leaf object rebuilt when reading."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import _core, _dtypes, _place
+from ._errors import HeaderError, LayoutError
+
+# Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
+_X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
+
+
+def host_array(record: dict[str, Any], source: Any) -> np.ndarray | None:
+    """The bytes to store for one leaf: C-contiguous, little-endian, sub-byte types packed.
+
+    Device arrays come to the host here (one leaf at a time). Returns None for abstract leaves.
+    """
+    kind = record["kind"]
+    if kind == "abstract":
+        return None
+    array = np.asarray(jax.random.key_data(source) if kind == "key" else source)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    array = np.ascontiguousarray(array)
+    bits = _dtypes.PACKED_BITS.get(record["dtype"])
+    if bits is not None:
+        packed = _core.pack_subbyte(array.reshape(-1).view(np.uint8), bits)
+        return np.frombuffer(packed, np.uint8)
+    return array
+
+
+def host_view(buf: np.ndarray, record: dict[str, Any], data_start: int) -> np.ndarray:
+    """A leaf's data as a numpy array: a read-only view into `buf` (a copy for packed dtypes)."""
+    dtype = _dtypes.to_numpy(record["dtype"])
+    shape = tuple(record["shape"])
+    start = data_start + record["offset"]
+    raw = buf[start : start + record["nbytes"]]
+    bits = _dtypes.PACKED_BITS.get(record["dtype"])
+    if bits is not None:
+        raw = np.frombuffer(_core.unpack_subbyte(raw, bits, math.prod(shape)), np.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def build_leaves(
+    records: Sequence[dict[str, Any]],
+    fetch: Any,
+    device: Any = None,
+    shardings: Sequence[Any] | None = None,
+    selected: Sequence[bool] | None = None,
+) -> list[Any]:
+    """Rebuild every leaf object of `records`; `fetch(i)` gives leaf i's host array.
+
+    numpy leaves are the host arrays themselves; jax and key leaves are placed on devices in one
+    batch (`device` / `shardings`: see `_place.put`); abstract leaves, and leaves not `selected`,
+    become `jax.ShapeDtypeStruct` without their bytes being read.
+    """
+    leaves: list[Any] = [None] * len(records)
+    to_place: list[int] = []
+    numpy_instead: list[str] = []
+    x64 = jax.config.jax_enable_x64
+    for i, record in enumerate(records):
+        kind = record["kind"]
+        if selected is not None and not selected[i]:
+            kind = "abstract"
+        if kind == "numpy":
+            leaves[i] = fetch(i)
+        elif kind == "jax" or kind == "key":
+            if not x64 and kind == "jax" and record["dtype"] in _X64_ONLY:
+                leaves[i] = fetch(
+                    i
+                )  # 64-bit data stays exact: numpy, not a silently narrowed jax array
+                numpy_instead.append(record["path"])
+            else:
+                if kind == "key":
+                    _key_dtype(record["key_impl"])  # an unknown impl is a HeaderError, early
+                to_place.append(i)
+        elif kind == "numpy_scalar":
+            leaves[i] = fetch(i)[()]
+        elif kind == "abstract":
+            leaves[i] = abstract_leaf(record)
+        else:
+            raise LayoutError(f"leaf {i} ({record.get('path')}): unknown kind {kind!r}")
+    if numpy_instead:
+        warnings.warn(
+            f"{len(numpy_instead)} 64-bit jax leaves ({', '.join(numpy_instead[:3])}...) load as "
+            "numpy arrays because jax_enable_x64 is off; enable it to get jax arrays",
+            stacklevel=3,
+        )
+    placed = _place.put(
+        [fetch(i) for i in to_place],
+        [records[i] for i in to_place],
+        device,
+        None if shardings is None else [shardings[i] for i in to_place],
+    )
+    for i, array in zip(to_place, placed):
+        impl = records[i].get("key_impl")
+        leaves[i] = array if impl is None else jax.random.wrap_key_data(array, impl=impl)
+    return leaves
+
+
+def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:
+    """The `jax.ShapeDtypeStruct` a record describes (typed PRNG keys included)."""
+    return _abstract(
+        tuple(record["shape"]),
+        record["dtype"],
+        bool(record.get("weak_type", False)),
+        record.get("key_impl"),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _abstract(shape: tuple[int, ...], dtype: str, weak_type: bool, impl: str | None) -> Any:
+    # Cached: a ShapeDtypeStruct costs ~5 us to build, and many leaves share a shape. It is immutable.
+    if impl is not None:
+        key_dtype = _key_dtype(impl)
+        return jax.ShapeDtypeStruct(shape[: len(shape) - len(key_dtype._impl.key_shape)], key_dtype)
+    return jax.ShapeDtypeStruct(shape, _dtypes.to_numpy(dtype), weak_type=weak_type)
+
+
+@functools.cache
+def _key_dtype(impl: str) -> Any:
+    try:
+        return jax.eval_shape(lambda: jax.random.key(0, impl=impl)).dtype
+    except (ValueError, TypeError, KeyError) as err:
+        raise HeaderError(f"unknown PRNG key impl {impl!r}: {err}") from None

@@ -1,0 +1,154 @@
+"""Putting host arrays on devices: batched for many small leaves, sharding-aware for large ones.
+
+On the CPU a 64-byte-aligned, C-contiguous host array is aliased by XLA, so placing a view of a memory
+map copies nothing. Per-array overhead dominates many small leaves (`jax.device_put` of a list costs about
+100 us an array); jaxlib's `batched_device_put`, called with a prebuilt aval, costs about 8 us, so small
+leaves go through it (falling back to `jax.device_put` if a jax version lacks it). Large leaves go
+through one `jax.device_put` call so that their transfers run concurrently on accelerators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
+
+from ._errors import ShardingError
+
+try:  # private, but the cheapest array construction JAX has; guarded so a jax upgrade only slows us
+    from jax._src import core as _jax_core
+    from jax._src.lib import xla_client as _xc
+
+    _batched_device_put = _xc.batched_device_put
+except (ImportError, AttributeError):  # pragma: no cover - depends on the jax version
+    _batched_device_put = None
+
+_LARGE = 1 << 20  # leaves at least this big move in one concurrent device_put call
+
+
+def put(
+    hosts: Sequence[np.ndarray],
+    records: Sequence[dict[str, Any]],
+    device: Any = None,
+    shardings: Sequence[Sharding | None] | None = None,
+) -> list[jax.Array]:
+    """Place host arrays: each on its sharding if given, else on `device` (default: JAX's default)."""
+    out: list[Any] = [None] * len(hosts)
+    target = _single_device(device)
+    committed = device is not None
+    plain: list[int] = []
+    for i, host in enumerate(hosts):
+        sharding = shardings[i] if shardings is not None else None
+        if sharding is None or _is_single(sharding):
+            plain.append(i)
+        else:
+            out[i] = _from_callback(host, sharding)
+    large = [i for i in plain if hosts[i].nbytes >= _LARGE and not records[i].get("weak_type")]
+    if large:
+        placed = jax.device_put([hosts[i] for i in large], target if committed else None)
+        for i, array in zip(large, placed):
+            out[i] = array
+    sharding = SingleDeviceSharding(target)
+    for i in plain:
+        if out[i] is None:
+            out[i] = _put_small(
+                hosts[i], bool(records[i].get("weak_type")), sharding, target, committed
+            )
+    return out
+
+
+def _put_small(
+    host: np.ndarray, weak_type: bool, sharding: Sharding, device: Any, committed: bool
+) -> jax.Array:
+    if _batched_device_put is not None:
+        aval = _jax_core.ShapedArray(host.shape, host.dtype, weak_type=weak_type)
+        return _batched_device_put(aval, sharding, [host], [device], committed)
+    array = jax.device_put(host, device if committed else None)  # pragma: no cover
+    return array if not weak_type else array.astype(array.dtype)  # pragma: no cover
+
+
+def _from_callback(host: np.ndarray, sharding: Sharding) -> jax.Array:
+    """Build a sharded array; each device reads only its own slice of the host array (the map)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _single_device(device: Any) -> Any:
+    if device is None:
+        return jax.devices()[0]
+    if isinstance(device, Sharding):
+        devices = device.device_set
+        if len(devices) != 1:
+            raise ShardingError(f"device= takes one device; pass sharding= for {device}")
+        return next(iter(devices))
+    return device
+
+
+def _is_single(sharding: Sharding) -> bool:
+    return isinstance(sharding, SingleDeviceSharding)
+
+
+def sharding_record(array: jax.Array) -> dict[str, Any] | None:
+    """How a jax.Array is laid out (FORMAT.md section 7), or None unless it has a NamedSharding."""
+    sharding = getattr(array, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return None
+    mesh = sharding.mesh
+    return {
+        "mesh_axes": [str(a) for a in mesh.axis_names],
+        "mesh_shape": [int(s) for s in mesh.devices.shape],
+        "device_ids": [int(d.id) for d in mesh.devices.flat],
+        "spec": [list(e) if isinstance(e, tuple) else e for e in sharding.spec],
+        "memory_kind": sharding.memory_kind,
+    }
+
+
+def saved_sharding(record: dict[str, Any], path: str) -> NamedSharding | None:
+    """Rebuild the `NamedSharding` a leaf was saved with; `ShardingError` if the devices differ."""
+    info = record.get("sharding")
+    if info is None:
+        return None
+    devices = {d.id: d for d in jax.devices()}
+    missing = [i for i in info["device_ids"] if i not in devices]
+    if missing:
+        raise ShardingError(
+            f"{path}: saved on devices {info['device_ids']} (mesh {dict(zip(info['mesh_axes'], info['mesh_shape']))}), "
+            f"but devices {missing} are not present here ({len(devices)} devices). "
+            "Pass sharding= with a layout for these devices."
+        )
+    grid = np.array([devices[i] for i in info["device_ids"]], dtype=object)
+    mesh = Mesh(grid.reshape(info["mesh_shape"]), tuple(info["mesh_axes"]))
+    spec = PartitionSpec(*[tuple(e) if isinstance(e, list) else e for e in info["spec"]])
+    return NamedSharding(mesh, spec, memory_kind=info.get("memory_kind"))
+
+
+def resolve_shardings(
+    sharding: Any, records: Sequence[dict[str, Any]], abstract: Callable[[int], Any]
+) -> list[Sharding | None] | None:
+    """One sharding (or None) per record from load's `sharding=`.
+
+    `sharding` may be None, a `Sharding` for every leaf, `"saved"`, a callable
+    `(key_path, ShapeDtypeStruct) -> Sharding | None`, or a pytree of shardings matched by key path.
+    """
+    if sharding is None:
+        return None
+    if isinstance(sharding, Sharding):
+        return [sharding] * len(records)
+    if isinstance(sharding, str):
+        if sharding != "saved":
+            raise ShardingError(f"sharding={sharding!r}: the only string accepted is 'saved'")
+        return [saved_sharding(r, r["path"]) for r in records]
+    if callable(sharding):
+        return [sharding(r["path"], abstract(i)) for i, r in enumerate(records)]
+    by_path = {
+        jax.tree_util.keystr(p): s
+        for p, s in jax.tree_util.tree_flatten_with_path(
+            sharding, is_leaf=lambda x: isinstance(x, Sharding)
+        )[0]
+    }
+    unknown = set(by_path) - {r["path"] for r in records}
+    if unknown:
+        raise ShardingError(f"sharding= names key paths not in the file: {sorted(unknown)[:5]}")
+    return [by_path.get(r["path"]) for r in records]

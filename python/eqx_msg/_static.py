@@ -1,0 +1,142 @@
+"""Static values: Python objects stored inline in the header (FORMAT.md section 6).
+
+Dict keys, Module static fields, flatten aux data and non-array leaves (numbers, strings, functions,
+classes, dtypes) are encoded here, recursively, into plain msgpack values; tagged maps (`{"$": ...}`)
+carry what msgpack has no type for. Classes and functions are stored by name and resolved through the
+registry when decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import _dtypes, _registry
+from ._errors import HeaderError, UnserialisableError
+
+_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+
+
+def encode(value: Any, where: str) -> Any:
+    """Encode a static value as plain msgpack data; `where` names its place for error messages."""
+    kind = type(value)
+    if value is None or kind is bool or kind is str or kind is float or kind is bytes:
+        return value
+    if kind is int:
+        return value if _I64_MIN <= value <= _U64_MAX else {"$": "int", "v": str(value)}
+    if kind is tuple:
+        return [encode(v, where) for v in value]
+    named = _registry.singleton_name(value)
+    if named is not None:
+        return {"$": "ref", "v": named}
+    if kind is list:
+        return {"$": "list", "v": [encode(v, where) for v in value]}
+    if kind is dict:
+        return {
+            "$": "dict",
+            "k": [encode(k, where) for k in value],
+            "v": [encode(v, where) for v in value.values()],
+        }
+    if kind is set or kind is frozenset:
+        return {"$": kind.__name__, "v": [encode(v, where) for v in value]}
+    if kind is complex:
+        return {"$": "complex", "v": [value.real, value.imag]}
+    if isinstance(value, np.dtype):
+        return {"$": "dtype", "v": _dtypes.name_of(value)}
+    if kind is functools.partial:
+        return {
+            "$": "partial",
+            "f": encode(value.func, where),
+            "args": [encode(a, where) for a in value.args],
+            "kw": encode(dict(value.keywords), where),
+        }
+    if kind is np.ndarray:
+        return _encode_small_array(value, where)
+    if isinstance(value, type) or callable(value):
+        return {"$": "ref", "v": _registry.name_of(value, where)}
+    raise UnserialisableError(
+        f"{where or 'the root'}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
+        f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, tuples, "
+        "lists, dicts, sets, numpy dtypes, functools.partial, and module-level functions and classes."
+    )
+
+
+def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
+    """Decode a static value written by `encode`, resolving names through the registry and `allow`."""
+    if isinstance(data, list):
+        return tuple(decode(v, allow, where) for v in data)
+    if not isinstance(data, dict):
+        return data
+    try:
+        tag = data["$"]
+        if tag == "ref":
+            return _registry.resolve(_str(data["v"]), allow, where)
+        if tag == "list":
+            return [decode(v, allow, where) for v in data["v"]]
+        if tag == "dict":
+            keys, values = data["k"], data["v"]
+            if len(keys) != len(values):
+                raise HeaderError(
+                    f"{where}: static dict has {len(keys)} keys, {len(values)} values"
+                )
+            return {decode(k, allow, where): decode(v, allow, where) for k, v in zip(keys, values)}
+        if tag == "set":
+            return {decode(v, allow, where) for v in data["v"]}
+        if tag == "frozenset":
+            return frozenset(decode(v, allow, where) for v in data["v"])
+        if tag == "int":
+            return int(_str(data["v"]))
+        if tag == "complex":
+            real, imag = data["v"]
+            return complex(float(real), float(imag))
+        if tag == "dtype":
+            return _dtypes.to_numpy(_str(data["v"]))
+        if tag == "partial":
+            func = decode(data["f"], allow, where)
+            args = decode(data["args"], allow, where)
+            keywords = decode(data["kw"], allow, where)
+            if not callable(func) or not isinstance(keywords, dict):
+                raise HeaderError(f"{where}: malformed partial")
+            return functools.partial(func, *args, **keywords)
+        if tag == "ndarray":
+            return _decode_small_array(data, where)
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, HeaderError | _registry.UnknownTypeError):
+            raise
+        raise HeaderError(
+            f"{where or 'the root'}: malformed static value {data!r:.120}: {err}"
+        ) from None
+    raise HeaderError(f"{where or 'the root'}: unknown static value tag {data.get('$')!r}")
+
+
+def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:
+    if value.dtype.name in _dtypes.PACKED_BITS or value.dtype.hasobject:
+        raise UnserialisableError(f"{where}: a {value.dtype} array cannot be a static value")
+    array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    return {
+        "$": "ndarray",
+        "dtype": _dtypes.name_of(value.dtype),
+        "shape": list(value.shape),
+        "data": array.tobytes(),
+    }
+
+
+def _decode_small_array(data: dict[str, Any], where: str) -> np.ndarray:
+    dtype = _dtypes.to_numpy(_str(data["dtype"])).newbyteorder("<")
+    shape = tuple(int(d) for d in data["shape"])
+    raw = data["data"]
+    if (
+        not isinstance(raw, bytes)
+        or len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    ):
+        raise HeaderError(f"{where}: static ndarray has the wrong number of bytes")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value

@@ -1,0 +1,266 @@
+"""Pytrees to header tree nodes and back (FORMAT.md section 4).
+
+`flatten` walks a pytree once, in the spirit of `jax.tree_util.tree_flatten_with_path`, and returns the
+header's tree node, one record per array leaf (with its key path) and the array objects themselves.
+`unflatten` rebuilds the pytree from the tree node and the loaded leaves; classes come only from the
+registry. Builtin containers are handled directly (dict keys keep their insertion order); every other
+node is flattened one level by JAX itself, so anything registered with JAX works, and rebuilt by JAX's
+own unflatten for its class (Equinox Modules are rebuilt without calling `__init__`).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+from jax._src.tree_util import default_registry
+
+from . import _dtypes, _place, _registry, _static
+from ._errors import DTypeError, HeaderError, UnserialisableError
+
+_ArrayImpl = type(jax.numpy.zeros(()))
+_LEAF_TREEDEF = jtu.tree_structure(0)
+_PY_SCALARS = (bool, int, float, complex, str, bytes)
+
+
+class Flat(NamedTuple):
+    """A flattened pytree: the header's tree node, the leaf records, and the leaf objects."""
+
+    tree: dict[str, Any]
+    records: list[dict[str, Any]]
+    sources: list[Any]
+
+
+def flatten(tree: Any) -> Flat:
+    """Flatten `tree` into a tree node, leaf records (no offsets yet) and the array leaves."""
+    records: list[dict[str, Any]] = []
+    sources: list[Any] = []
+    return Flat(_Flattener(records, sources).walk(tree, ""), records, sources)
+
+
+class _Flattener:
+    def __init__(self, records: list[dict[str, Any]], sources: list[Any]):
+        self.records = records
+        self.sources = sources
+
+    def walk(self, obj: Any, path: str) -> dict[str, Any]:
+        kind = type(obj)
+        if kind is np.ndarray:  # the hot path for many small leaves, inlined
+            name = _dtypes.name_cache.get(obj.dtype) or _dtype(obj.dtype, path)
+            self.records.append(
+                {"path": path, "kind": "numpy", "dtype": name, "shape": list(obj.shape)}
+            )
+            self.sources.append(obj)
+            return {"t": "leaf", "i": len(self.sources) - 1}
+        if kind is _ArrayImpl:
+            return self.leaf(obj, path)
+        if kind is dict:
+            return self.mapping("dict", obj, path)
+        if kind is list or kind is tuple:
+            name = "list" if kind is list else "tuple"
+            return {"t": name, "c": [self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)]}
+        if obj is None:
+            return {"t": "none"}
+        if kind in _PY_SCALARS:
+            return {"t": "value", "v": _static.encode(obj, path), "p": path}
+        if isinstance(obj, jax.Array | jax.ShapeDtypeStruct | np.ndarray | np.generic):
+            return self.leaf(obj, path)
+        if kind is collections.OrderedDict:
+            return self.mapping("ordereddict", obj, path)
+        if kind is collections.defaultdict:
+            node = self.mapping("defaultdict", obj, path)
+            node["factory"] = _static.encode(obj.default_factory, f"{path}.default_factory")
+            return node
+        if isinstance(obj, tuple) and hasattr(kind, "_fields"):
+            return {
+                "t": "namedtuple",
+                "cls": _registry.name_of(kind, path),
+                "c": [self.walk(v, f"{path}.{f}") for f, v in zip(kind._fields, obj)],
+            }
+        return self.custom(obj, path)
+
+    def mapping(self, tag: str, obj: Mapping[Any, Any], path: str) -> dict[str, Any]:
+        return {
+            "t": tag,
+            "k": [_static.encode(k, path) for k in obj],
+            "c": [self.walk(v, f"{path}[{k!r}]") for k, v in obj.items()],
+        }
+
+    def custom(self, obj: Any, path: str) -> dict[str, Any]:
+        """A node registered with JAX (Module, optax state, ...), or a non-array leaf."""
+        children, treedef = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
+        node_data = treedef.node_data()
+        if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
+            return {"t": "value", "v": _static.encode(obj, path), "p": path}
+        cls, aux = node_data
+        return {
+            "t": "node",
+            "cls": _registry.name_of(cls, path),
+            "aux": _static.encode(aux, f"{path} (flatten data of {cls.__qualname__})"),
+            "c": [self.walk(child, path + jtu.keystr(key)) for key, child in children],
+        }
+
+    def leaf(self, obj: Any, path: str) -> dict[str, Any]:
+        record = leaf_record(obj, path)
+        self.records.append(record)
+        self.sources.append(obj)
+        return {"t": "leaf", "i": len(self.records) - 1}
+
+
+def leaf_record(obj: Any, path: str) -> dict[str, Any]:
+    """The header record of an array leaf, without `offset`/`nbytes` (the writer adds them)."""
+    if isinstance(obj, np.ndarray):
+        return {
+            "path": path,
+            "kind": "numpy",
+            "dtype": _dtype(obj.dtype, path),
+            "shape": list(obj.shape),
+        }
+    if isinstance(obj, np.generic):
+        return {"path": path, "kind": "numpy_scalar", "dtype": _dtype(obj.dtype, path), "shape": []}
+    if isinstance(obj, jax.ShapeDtypeStruct):
+        record = {"path": path, "kind": "abstract"}
+        if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+            impl = obj.dtype._impl
+            record.update(dtype="uint32", shape=[*obj.shape, *impl.key_shape], key_impl=impl.name)
+        else:
+            record.update(dtype=_dtype(obj.dtype, path), shape=list(obj.shape))
+        if obj.weak_type:
+            record["weak_type"] = True
+        return record
+    if isinstance(obj, jax.core.Tracer):
+        raise UnserialisableError(
+            f"{path or 'the root'}: a traced array (inside jit/vmap/grad) cannot be saved; "
+            "save outside the transformation"
+        )
+    if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+        impl = obj.dtype._impl
+        return {
+            "path": path,
+            "kind": "key",
+            "dtype": "uint32",
+            "shape": [*obj.shape, *impl.key_shape],
+            "key_impl": impl.name,
+        }
+    record = {
+        "path": path,
+        "kind": "jax",
+        "dtype": _dtype(obj.dtype, path),
+        "shape": list(obj.shape),
+    }
+    if obj.weak_type:
+        record["weak_type"] = True
+    sharding = _place.sharding_record(obj)
+    if sharding is not None:
+        record["sharding"] = sharding
+    return record
+
+
+def _dtype(dtype: Any, path: str) -> str:
+    try:
+        return _dtypes.name_of(dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))
+    except DTypeError as err:
+        raise UnserialisableError(f"{path or 'the root'}: {err}") from None
+
+
+def unflatten(node: Any, leaves: Sequence[Any], allow: Mapping[str, Any]) -> Any:
+    """Rebuild the pytree of a header tree node, with `leaves[i]` at each `leaf` node `i`."""
+    builder = _Builder(leaves, allow)
+    tree = builder.build(node, "")
+    if builder.used != len(leaves):
+        raise HeaderError(
+            f"the tree references {builder.used} leaves but the header has {len(leaves)}"
+        )
+    return tree
+
+
+class _Builder:
+    def __init__(self, leaves: Sequence[Any], allow: Mapping[str, Any]):
+        self.leaves = leaves
+        self.allow = allow
+        self.seen = bytearray(len(leaves))
+        self.used = 0
+
+    def build(self, node: Any, where: str) -> Any:
+        try:
+            tag = node["t"]
+            if tag == "leaf":
+                return self.leaf(node["i"], where)
+            if tag == "dict":
+                return dict(self.items(node, where))
+            if tag == "list":
+                return [self.build(c, f"{where}[{i}]") for i, c in enumerate(_seq(node["c"]))]
+            if tag == "tuple":
+                return tuple(self.build(c, f"{where}[{i}]") for i, c in enumerate(_seq(node["c"])))
+            if tag == "none":
+                return None
+            if tag == "value":
+                return _static.decode(node["v"], self.allow, where)
+            if tag == "node":
+                return self.custom(node, where)
+            if tag == "ordereddict":
+                return collections.OrderedDict(self.items(node, where))
+            if tag == "defaultdict":
+                factory = _static.decode(node["factory"], self.allow, where)
+                return collections.defaultdict(factory, self.items(node, where))
+            if tag == "namedtuple":
+                cls = _registry.resolve(node["cls"], self.allow, where)
+                if not (isinstance(cls, type) and issubclass(cls, tuple)):
+                    raise HeaderError(f"{where}: {node['cls']!r} is not a namedtuple class")
+                return cls(*(self.build(c, f"{where}[{i}]") for i, c in enumerate(_seq(node["c"]))))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise HeaderError(f"{where or 'the root'}: malformed tree node: {err!r}") from None
+        raise HeaderError(f"{where or 'the root'}: unknown tree node type {tag!r}")
+
+    def leaf(self, index: Any, where: str) -> Any:
+        if type(index) is not int or not 0 <= index < len(self.leaves) or self.seen[index]:
+            raise HeaderError(
+                f"{where or 'the root'}: leaf index {index!r} is out of range or reused"
+            )
+        self.seen[index] = 1
+        self.used += 1
+        return self.leaves[index]
+
+    def items(self, node: dict[str, Any], where: str) -> Iterator[tuple[Any, Any]]:
+        keys, children = _seq(node["k"]), _seq(node["c"])
+        if len(keys) != len(children):
+            raise HeaderError(f"{where}: {len(keys)} keys but {len(children)} children")
+        for key, child in zip(keys, children):
+            key = _static.decode(key, self.allow, where)
+            yield key, self.build(child, f"{where}[{key!r}]")
+
+    def custom(self, node: dict[str, Any], where: str) -> Any:
+        cls = _registry.resolve(node["cls"], self.allow, where)
+        aux = _static.decode(node["aux"], self.allow, where)
+        children = [self.build(c, f"{where}.<{i}>") for i, c in enumerate(_seq(node["c"]))]
+        try:
+            treedef = jtu.PyTreeDef.from_node_data_and_children(
+                default_registry, (cls, aux), [_LEAF_TREEDEF] * len(children)
+            )
+            return treedef.unflatten(children)
+        except (ValueError, TypeError) as err:
+            raise HeaderError(
+                f"{where or 'the root'}: cannot rebuild a {node['cls']} node: {err}"
+            ) from None
+
+
+def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every `value` node (a non-array leaf) of a header tree, with its key path."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            raise HeaderError(f"malformed tree node {node!r:.80}")
+        if node.get("t") == "value":
+            yield str(node.get("p", "")), node
+        stack.extend(node.get("c", ()))
+
+
+def _seq(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected an array, got {type(value).__name__}")
+    return value

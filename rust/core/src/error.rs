@@ -1,0 +1,477 @@
+//! The one error type: every way an eqx_msg file (or a request to write one) can be wrong.
+
+use std::fmt;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A leaf record named in an error: its index in `leaves` and its `path` (empty when unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRef {
+    /// Index of the record in the header's `leaves` array.
+    pub index: usize,
+    /// The record's `path` field, or empty when it was not (yet) readable.
+    pub path: String,
+}
+
+impl LeafRef {
+    /// Names leaf `index` with key path `path`.
+    pub fn new(index: usize, path: &str) -> Self {
+        LeafRef {
+            index,
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for LeafRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "leaf {}", self.index)
+        } else {
+            write!(f, "leaf {} (path {:?})", self.index, self.path)
+        }
+    }
+}
+
+/// Everything that can be wrong with an eqx_msg file; [`Error::kind`] names the Python exception.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file does not start with `EQXMSG`.
+    BadMagic {
+        /// The first (up to six) bytes found.
+        found: Vec<u8>,
+    },
+    /// The prefix names a format version this reader does not know.
+    UnsupportedVersion {
+        /// The version in the prefix.
+        version: u16,
+    },
+    /// The header's `version` disagrees with the prefix version.
+    VersionMismatch {
+        /// The version of the prefix (or the only supported version when checking a lone header).
+        prefix: u16,
+        /// The header's `version` field.
+        header: u64,
+    },
+    /// Fewer than 16 bytes: the prefix itself is cut off.
+    TruncatedPrefix {
+        /// Length of the input.
+        len: u64,
+    },
+    /// The file ends inside the header.
+    TruncatedHeader {
+        /// Header length stated by the prefix.
+        header_len: u64,
+        /// Length of the input.
+        file_len: u64,
+    },
+    /// The file is shorter or longer than `data_start + data_nbytes`.
+    FileLength {
+        /// Length implied by the prefix and header.
+        expected: u64,
+        /// Length of the input.
+        actual: u64,
+    },
+    /// The prefix states a header longer than [`crate::MAX_HEADER_LEN`].
+    HeaderTooLong {
+        /// Header length stated by the prefix.
+        header_len: u64,
+    },
+    /// The header nests arrays/maps deeper than [`crate::MAX_DEPTH`].
+    TooDeep {
+        /// Where the decoder gave up or the depth limit was crossed.
+        location: String,
+    },
+    /// A shape with more than [`crate::MAX_NDIM`] dimensions.
+    TooManyDims {
+        /// What the shape belongs to (a leaf, or an argument).
+        field: String,
+        /// Number of dimensions found.
+        ndim: usize,
+    },
+    /// The header bytes are not valid msgpack.
+    Msgpack {
+        /// Byte offset within the header where decoding failed.
+        offset: u64,
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// The header's msgpack map ends before the header does.
+    HeaderTrailing {
+        /// Byte offset within the header where the map ended.
+        offset: u64,
+        /// Header length.
+        header_len: u64,
+    },
+    /// A field holds the wrong msgpack type or an out-of-range value.
+    WrongType {
+        /// The field, e.g. `header field "alignment"` or `leaf 3 (path ".w") field "shape"`.
+        field: String,
+        /// What was expected.
+        expected: &'static str,
+        /// What was found.
+        found: String,
+    },
+    /// A required field is absent.
+    MissingField {
+        /// The field.
+        field: String,
+    },
+    /// A map holds the same key twice.
+    DuplicateKey {
+        /// The map, e.g. `the header map` or `leaf 3`.
+        map: String,
+        /// The repeated key.
+        key: String,
+    },
+    /// A map that must have string keys has another key type.
+    NonStringKey {
+        /// The map.
+        map: String,
+        /// The msgpack type of the key.
+        found: String,
+    },
+    /// The header's `format` is not `"eqx_msg"`.
+    BadFormat {
+        /// The value found.
+        found: String,
+    },
+    /// A leaf record's `kind` is not one of the known kinds.
+    UnknownKind {
+        /// The leaf.
+        leaf: LeafRef,
+        /// The kind found.
+        kind: String,
+    },
+    /// `key_impl` is missing on a `key` leaf or present on a leaf that cannot have one.
+    BadKeyImpl {
+        /// The leaf.
+        leaf: LeafRef,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A dtype name that is not in the dtype table.
+    UnknownDType {
+        /// Where the name was found.
+        field: String,
+        /// The name.
+        dtype: String,
+    },
+    /// A sub-byte pack/unpack was asked for a width other than 2 or 4 bits.
+    BadBits {
+        /// The requested width.
+        bits: u32,
+    },
+    /// `alignment` is not a power of two in `[MIN_ALIGNMENT, MAX_ALIGNMENT]`.
+    BadAlignment {
+        /// The alignment found.
+        alignment: u64,
+    },
+    /// A leaf offset is not a multiple of the alignment.
+    Misaligned {
+        /// The leaf.
+        leaf: LeafRef,
+        /// Its offset.
+        offset: u64,
+        /// The header's alignment.
+        alignment: u64,
+    },
+    /// A leaf's byte range ends past `data_nbytes` (or past 2^64).
+    OutOfBounds {
+        /// The leaf.
+        leaf: LeafRef,
+        /// Its offset.
+        offset: u64,
+        /// Its length.
+        nbytes: u64,
+        /// The data section length.
+        data_nbytes: u64,
+    },
+    /// Two leaves' byte ranges overlap.
+    Overlap {
+        /// The leaf whose range starts first.
+        first: LeafRef,
+        /// Its range `[start, end)`.
+        first_range: (u64, u64),
+        /// The leaf whose range starts inside the first one.
+        second: LeafRef,
+        /// Its range `[start, end)`.
+        second_range: (u64, u64),
+    },
+    /// A leaf's `nbytes` is not `storage_nbytes(dtype, shape)`.
+    NbytesMismatch {
+        /// The leaf.
+        leaf: LeafRef,
+        /// The stated length.
+        nbytes: u64,
+        /// `storage_nbytes(dtype, shape)`.
+        expected: u64,
+    },
+    /// A size computation (element count, byte length, offset) does not fit in 64 bits.
+    SizeOverflow {
+        /// What was being computed.
+        what: String,
+    },
+    /// An `abstract` leaf has an `offset` or `nbytes`.
+    AbstractWithBytes {
+        /// The leaf.
+        leaf: LeafRef,
+    },
+    /// Writing: the number of leaf buffers differs from the header's `leaves`.
+    LeafCount {
+        /// Number of leaf records in the header.
+        expected: usize,
+        /// Number of buffers given.
+        actual: usize,
+    },
+    /// Writing: a leaf with bytes got no buffer, or an abstract leaf got one.
+    LeafData {
+        /// The leaf.
+        leaf: LeafRef,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Writing: a leaf buffer's length differs from its record's `nbytes`.
+    LeafLength {
+        /// The leaf.
+        leaf: LeafRef,
+        /// The record's `nbytes`.
+        expected: u64,
+        /// The buffer's length.
+        actual: u64,
+    },
+    /// A buffer given to a function has the wrong length.
+    BufferLength {
+        /// Which buffer.
+        what: &'static str,
+        /// The length required.
+        expected: u64,
+        /// The length given.
+        actual: u64,
+    },
+}
+
+impl Error {
+    /// The name of the Python exception class (in `eqx_msg._errors`) this error maps to.
+    pub fn kind(&self) -> &'static str {
+        use Error::*;
+        match self {
+            BadMagic { .. } => "MagicError",
+            UnsupportedVersion { .. } | VersionMismatch { .. } => "VersionError",
+            TruncatedPrefix { .. } | TruncatedHeader { .. } | FileLength { .. } => "LengthError",
+            HeaderTooLong { .. } | TooDeep { .. } | TooManyDims { .. } => "LimitError",
+            Msgpack { .. }
+            | HeaderTrailing { .. }
+            | WrongType { .. }
+            | MissingField { .. }
+            | DuplicateKey { .. }
+            | NonStringKey { .. }
+            | BadFormat { .. }
+            | UnknownKind { .. }
+            | BadKeyImpl { .. } => "HeaderError",
+            UnknownDType { .. } | BadBits { .. } => "DTypeError",
+            BadAlignment { .. }
+            | Misaligned { .. }
+            | OutOfBounds { .. }
+            | Overlap { .. }
+            | NbytesMismatch { .. }
+            | SizeOverflow { .. }
+            | AbstractWithBytes { .. }
+            | LeafCount { .. }
+            | LeafData { .. }
+            | LeafLength { .. }
+            | BufferLength { .. } => "LayoutError",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::frame::{MAX_DEPTH, MAX_HEADER_LEN, MAX_NDIM, PREFIX_LEN};
+        use Error::*;
+        match self {
+            BadMagic { found } => write!(
+                f,
+                "not an eqx_msg file: bytes 0..{} are {:?}, expected b\"EQXMSG\"",
+                found.len(),
+                String::from_utf8_lossy(found)
+            ),
+            UnsupportedVersion { version } => write!(
+                f,
+                "unsupported eqx_msg format version {version} at byte 6 (this reader knows version {})",
+                crate::frame::VERSION
+            ),
+            VersionMismatch { prefix, header } => write!(
+                f,
+                "header field \"version\" is {header} but the prefix (byte 6) says version {prefix}"
+            ),
+            TruncatedPrefix { len } => write!(
+                f,
+                "truncated file: {len} bytes, shorter than the {PREFIX_LEN}-byte prefix"
+            ),
+            TruncatedHeader {
+                header_len,
+                file_len,
+            } => write!(
+                f,
+                "truncated header: the prefix (bytes 8..16) says the header is {header_len} bytes \
+                 (ending at byte {}), but the file is only {file_len} bytes",
+                u128::from(*header_len) + PREFIX_LEN as u128
+            ),
+            FileLength { expected, actual } => {
+                if actual < expected {
+                    write!(
+                        f,
+                        "truncated file: {actual} bytes, but the prefix and header say {expected} \
+                         (data section ends at byte {expected})"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "trailing bytes: the file is {actual} bytes, but the data section ends at \
+                         byte {expected}"
+                    )
+                }
+            }
+            HeaderTooLong { header_len } => write!(
+                f,
+                "header length {header_len} (prefix bytes 8..16) exceeds the limit of \
+                 {MAX_HEADER_LEN} bytes"
+            ),
+            TooDeep { location } => write!(
+                f,
+                "header nests arrays/maps deeper than {MAX_DEPTH} levels ({location})"
+            ),
+            TooManyDims { field, ndim } => write!(
+                f,
+                "{field}: shape has {ndim} dimensions, more than the limit of {MAX_NDIM}"
+            ),
+            Msgpack { offset, reason } => write!(
+                f,
+                "invalid msgpack in header at header byte {offset} (file byte {}): {reason}",
+                u128::from(*offset) + PREFIX_LEN as u128
+            ),
+            HeaderTrailing { offset, header_len } => write!(
+                f,
+                "header map ends at header byte {offset} but the header is {header_len} bytes"
+            ),
+            WrongType {
+                field,
+                expected,
+                found,
+            } => write!(f, "{field}: expected {expected}, found {found}"),
+            MissingField { field } => write!(f, "{field} is missing"),
+            DuplicateKey { map, key } => write!(f, "{map} has the key {key:?} more than once"),
+            NonStringKey { map, found } => {
+                write!(f, "{map} has a non-string key ({found}); keys must be str")
+            }
+            BadFormat { found } => write!(
+                f,
+                "header field \"format\" is {found:?}, expected \"eqx_msg\""
+            ),
+            UnknownKind { leaf, kind } => write!(
+                f,
+                "{leaf} field \"kind\": unknown kind {kind:?} (expected numpy, numpy_scalar, jax, \
+                 key or abstract)"
+            ),
+            BadKeyImpl { leaf, reason } => write!(f, "{leaf} field \"key_impl\": {reason}"),
+            UnknownDType { field, dtype } => write!(f, "{field}: unknown dtype {dtype:?}"),
+            BadBits { bits } => write!(
+                f,
+                "sub-byte packing supports 2 or 4 bits per element, got {bits}"
+            ),
+            BadAlignment { alignment } => write!(
+                f,
+                "header field \"alignment\" is {alignment}: must be a power of two between {} \
+                 and {}",
+                crate::frame::MIN_ALIGNMENT,
+                crate::frame::MAX_ALIGNMENT
+            ),
+            Misaligned {
+                leaf,
+                offset,
+                alignment,
+            } => write!(
+                f,
+                "{leaf} field \"offset\": {offset} is not a multiple of the alignment {alignment}"
+            ),
+            OutOfBounds {
+                leaf,
+                offset,
+                nbytes,
+                data_nbytes,
+            } => write!(
+                f,
+                "{leaf}: byte range [{offset}, {offset} + {nbytes}) is out of bounds: it ends \
+                 past the data section (data_nbytes = {data_nbytes})"
+            ),
+            Overlap {
+                first,
+                first_range,
+                second,
+                second_range,
+            } => write!(
+                f,
+                "{second}: byte range [{}, {}) overlaps {first} at [{}, {})",
+                second_range.0, second_range.1, first_range.0, first_range.1
+            ),
+            NbytesMismatch {
+                leaf,
+                nbytes,
+                expected,
+            } => write!(
+                f,
+                "{leaf} field \"nbytes\": {nbytes}, but its dtype and shape need {expected} bytes"
+            ),
+            SizeOverflow { what } => write!(f, "{what} overflows: it does not fit in 64 bits"),
+            AbstractWithBytes { leaf } => write!(
+                f,
+                "{leaf}: kind \"abstract\" must have neither \"offset\" nor \"nbytes\""
+            ),
+            LeafCount { expected, actual } => write!(
+                f,
+                "the header has {expected} leaf records but {actual} leaf buffers were given"
+            ),
+            LeafData { leaf, reason } => write!(f, "{leaf}: {reason}"),
+            LeafLength {
+                leaf,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{leaf}: buffer is {actual} bytes, but its record says nbytes = {expected}"
+            ),
+            BufferLength {
+                what,
+                expected,
+                actual,
+            } => write!(f, "{what} is {actual} bytes, expected {expected}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_python_class_names() {
+        let e = Error::BadMagic {
+            found: b"NOTEQX".to_vec(),
+        };
+        assert_eq!(e.kind(), "MagicError");
+        assert!(e.to_string().contains("NOTEQX"));
+        let e = Error::Misaligned {
+            leaf: LeafRef::new(3, ".w"),
+            offset: 65,
+            alignment: 64,
+        };
+        assert_eq!(e.kind(), "LayoutError");
+        let msg = e.to_string();
+        assert!(msg.contains("leaf 3") && msg.contains("\".w\"") && msg.contains("65"));
+    }
+}

@@ -1,0 +1,226 @@
+//! `eqx_msg._core`: the thin PyO3 binding of `eqx_msg_core`.
+//!
+//! Buffers come in as numpy arrays (no copies), work runs with the GIL released, and every
+//! `eqx_msg_core::Error` is raised as the class of the same name in `eqx_msg._errors`.
+
+#![warn(missing_docs)]
+
+use std::mem::MaybeUninit;
+
+use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, Reader};
+use numpy::npyffi::_PyArray_GET_ITEM_DATA;
+use numpy::{PyArrayDescrMethods, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Raises `eqx_msg._errors.<kind>(message)` (a `ValueError` naming the kind if that fails).
+fn raise(kind: &str, message: String) -> PyErr {
+    Python::attach(|py| {
+        let made = PyModule::import(py, "eqx_msg._errors")
+            .and_then(|m| m.getattr(kind))
+            .and_then(|cls| cls.call1((message.as_str(),)));
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(_) => PyValueError::new_err(format!("{kind}: {message}")),
+        }
+    })
+}
+
+/// The Python exception for an `eqx_msg_core` error.
+fn py_err(e: Error) -> PyErr {
+    raise(e.kind(), e.to_string())
+}
+
+/// The bytes of a 1-D uint8 array, which must be contiguous.
+fn u8_slice<'a>(arr: &'a PyReadonlyArray1<'_, u8>, what: &str) -> PyResult<&'a [u8]> {
+    arr.as_slice().map_err(|_| {
+        raise(
+            "LayoutError",
+            format!("{what} must be a C-contiguous 1-D uint8 array"),
+        )
+    })
+}
+
+/// The raw bytes of leaf array `i`: any dtype, but C-contiguous, little-endian, no objects.
+fn leaf_slice<'a>(arr: &'a Bound<'_, PyUntypedArray>, i: usize) -> PyResult<&'a [u8]> {
+    if !arr.is_c_contiguous() {
+        return Err(raise(
+            "LayoutError",
+            format!("leaf {i}: array is not C-contiguous (use numpy.ascontiguousarray)"),
+        ));
+    }
+    let descr = arr.dtype();
+    if descr.has_object() {
+        return Err(raise(
+            "DTypeError",
+            format!("leaf {i}: arrays holding Python objects cannot be stored"),
+        ));
+    }
+    if descr.byteorder() == b'>' {
+        return Err(raise(
+            "DTypeError",
+            format!("leaf {i}: big-endian array; the format stores little-endian data"),
+        ));
+    }
+    let nbytes = arr
+        .shape()
+        .iter()
+        .try_fold(descr.itemsize(), |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| raise("LayoutError", format!("leaf {i}: array size overflows")))?;
+    if nbytes == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: `arr` is a live numpy array (borrowed for 'a, so it cannot be freed meanwhile);
+    // being C-contiguous, its `nbytes` bytes start at its data pointer. numpy arrays cannot be
+    // resized while referenced, so the pointer stays valid for 'a.
+    unsafe {
+        let data = (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).data;
+        Ok(std::slice::from_raw_parts(data.cast::<u8>(), nbytes))
+    }
+}
+
+/// A new `bytes` object of `len` bytes whose contents are not yet initialised.
+fn bytes_uninit(
+    py: Python<'_>,
+    len: usize,
+) -> PyResult<(Bound<'_, PyBytes>, *mut MaybeUninit<u8>)> {
+    let size = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyOverflowError::new_err("the file would be too large for a bytes object"))?;
+    // SAFETY: with a NULL source, PyBytes_FromStringAndSize allocates an uninitialised bytes
+    // object of `size` bytes (NULL with an exception set on failure, turned into an Err).
+    // Nothing else holds a reference yet, so filling it in place is allowed.
+    unsafe {
+        let ptr = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
+        let obj = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
+        let data = ffi::PyBytes_AsString(ptr).cast::<MaybeUninit<u8>>();
+        Ok((obj, data))
+    }
+}
+
+/// Names of all dtypes the format knows.
+#[pyfunction]
+fn dtype_names() -> Vec<&'static str> {
+    dtype::names().to_vec()
+}
+
+/// Bits per stored element of a dtype.
+#[pyfunction]
+fn dtype_bits(name: &str) -> PyResult<u32> {
+    dtype::bits(name).map_err(py_err)
+}
+
+/// Bytes needed to store an array of `dtype` and `shape`.
+#[pyfunction]
+fn storage_nbytes(dtype: &str, shape: Vec<u64>) -> PyResult<u64> {
+    dtype::storage_nbytes(dtype, &shape).map_err(py_err)
+}
+
+/// Offsets of leaves laid out in order at `alignment`, and the data section length.
+#[pyfunction]
+fn layout(nbytes: Vec<u64>, alignment: u64) -> PyResult<(Vec<u64>, u64)> {
+    eqx::layout::plan(&nbytes, alignment).map_err(py_err)
+}
+
+/// Validates a whole file; returns `(header_len, data_start)`.
+#[pyfunction]
+fn inspect(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<(usize, usize)> {
+    let bytes = u8_slice(&buf, "the file buffer")?;
+    py.detach(|| Reader::new(bytes).map(|r| (r.header_len(), r.data_start())))
+        .map_err(py_err)
+}
+
+/// Decodes and validates a header alone; returns `(alignment, data_nbytes)`.
+#[pyfunction]
+fn check_header(py: Python<'_>, header: &[u8]) -> PyResult<(u64, u64)> {
+    py.detach(|| Frame::new(header).map(|f| (f.header().alignment, f.header().data_nbytes)))
+        .map_err(py_err)
+}
+
+/// Prefix, header and zero padding up to the data section.
+#[pyfunction]
+fn frame_prefix<'py>(py: Python<'py>, header: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let prefix = py.detach(|| eqx::frame_prefix(header)).map_err(py_err)?;
+    Ok(PyBytes::new(py, &prefix))
+}
+
+/// The whole file, assembled in one allocation with the GIL released.
+#[pyfunction]
+fn assemble<'py>(
+    py: Python<'py>,
+    header: &[u8],
+    leaves: Vec<Option<Bound<'py, PyUntypedArray>>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let frame = py.detach(|| Frame::new(header)).map_err(py_err)?;
+    let slices = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| leaf.as_ref().map(|a| leaf_slice(a, i)).transpose())
+        .collect::<PyResult<Vec<Option<&[u8]>>>>()?;
+    let len = usize::try_from(frame.total_len())
+        .map_err(|_| PyOverflowError::new_err("the file would not fit in memory"))?;
+    let (obj, data) = bytes_uninit(py, len)?;
+    // SAFETY: `data` points to the `len` bytes of `obj`, which we own and nobody else sees.
+    let out = unsafe { std::slice::from_raw_parts_mut(data, len) };
+    py.detach(|| frame.write_into_uninit(&slices, out))
+        .map_err(py_err)?;
+    // `leaves` (and so every array behind `slices`) stayed referenced until here.
+    drop(leaves);
+    Ok(obj)
+}
+
+/// Packs one-byte-per-element 4- or 2-bit values, `8 / bits` to a byte.
+#[pyfunction]
+fn pack_subbyte<'py>(
+    py: Python<'py>,
+    src: PyReadonlyArray1<'_, u8>,
+    bits: u32,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let src = u8_slice(&src, "src")?;
+    let len = subbyte::packed_len(bits, src.len()).map_err(py_err)?;
+    PyBytes::new_with(py, len, |out| {
+        py.detach(|| subbyte::pack(bits, src, out)).map_err(py_err)
+    })
+}
+
+/// Unpacks `count` 4- or 2-bit values into one byte each.
+#[pyfunction]
+fn unpack_subbyte<'py>(
+    py: Python<'py>,
+    src: PyReadonlyArray1<'_, u8>,
+    bits: u32,
+    count: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let src = u8_slice(&src, "src")?;
+    PyBytes::new_with(py, count, |out| {
+        py.detach(|| subbyte::unpack(bits, src, count, out))
+            .map_err(py_err)
+    })
+}
+
+/// The extension module `eqx_msg._core`.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("MAGIC", PyBytes::new(py, eqx::MAGIC))?;
+    m.add("VERSION", eqx::VERSION)?;
+    m.add("PREFIX_LEN", eqx::PREFIX_LEN)?;
+    m.add("MIN_ALIGNMENT", eqx::MIN_ALIGNMENT)?;
+    m.add("MAX_ALIGNMENT", eqx::MAX_ALIGNMENT)?;
+    m.add("MAX_HEADER_LEN", eqx::MAX_HEADER_LEN)?;
+    m.add("MAX_DEPTH", eqx::MAX_DEPTH)?;
+    m.add("MAX_NDIM", eqx::MAX_NDIM)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
+    m.add_function(wrap_pyfunction!(dtype_bits, m)?)?;
+    m.add_function(wrap_pyfunction!(storage_nbytes, m)?)?;
+    m.add_function(wrap_pyfunction!(layout, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(check_header, m)?)?;
+    m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(assemble, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_subbyte, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_subbyte, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+"""Shared test helpers. Eight host CPU devices are forced so sharding tests run anywhere."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import math  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def leaf_bytes(x: Any) -> bytes:
+    """The exact bytes of an array leaf (key data for PRNG keys)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.ascontiguousarray(np.asarray(x)).tobytes()
+
+
+def assert_same_tree(original: Any, loaded: Any) -> None:
+    """Same treedef, and every leaf of the same kind, dtype, shape and bit-exact contents."""
+    assert jax.tree.structure(loaded) == jax.tree.structure(original)
+    for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(loaded), strict=True):
+        assert type(a) is type(b), (type(a), type(b))
+        if isinstance(a, np.ndarray | jax.Array | np.generic):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert leaf_bytes(a) == leaf_bytes(b)
+            if isinstance(a, jax.Array) and not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                assert a.weak_type == b.weak_type
+        elif isinstance(a, float) and math.isnan(a):
+            assert math.isnan(b)
+        else:
+            assert a == b
+
+
+@pytest.fixture
+def roundtrip():
+    """Round-trip through dumps/loads and check the result is the same tree."""
+    import eqx_msg
+
+    def run(tree: Any, **kwargs: Any) -> Any:
+        loaded = eqx_msg.loads(eqx_msg.dumps(tree), **kwargs)
+        assert_same_tree(tree, loaded)
+        return loaded
+
+    return run

@@ -1,0 +1,115 @@
+"""Builtin containers and Python values round-trip with the same structure and leaf kinds."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_msg
+
+Point = collections.namedtuple("Point", ["x", "y"])
+eqx_msg.register(Point)
+
+
+def test_dict_list_tuple_none(roundtrip):
+    tree = {"a": [np.arange(3), (jnp.ones(2), None)], "b": {"c": np.float32(2.5)}, "n": None}
+    roundtrip(tree)
+
+
+def test_dict_keys_keep_insertion_order_and_types(roundtrip):
+    loaded = roundtrip({"z": np.zeros(1), "a": np.ones(1)})
+    assert list(loaded) == ["z", "a"]
+    loaded = roundtrip({3: np.arange(2), 1: np.arange(1)})
+    assert list(loaded) == [3, 1]
+    loaded = roundtrip({(1, "x"): np.arange(1), (0, "y"): np.zeros(2)})
+    assert list(loaded) == [(1, "x"), (0, "y")]
+
+
+def test_namedtuple_ordereddict_defaultdict(roundtrip):
+    tree = {
+        "p": Point(np.arange(2), jnp.zeros(3)),
+        "o": collections.OrderedDict([("b", np.ones(1)), ("a", np.zeros(1))]),
+        "d": collections.defaultdict(list, {"k": np.arange(4)}),
+    }
+    loaded = roundtrip(tree)
+    assert type(loaded["p"]) is Point
+    assert list(loaded["o"]) == ["b", "a"]
+    assert loaded["d"].default_factory is list
+
+
+def test_python_scalars_and_strings(roundtrip):
+    tree = [
+        1,
+        -(2**63),
+        2**64 - 1,
+        2**100,
+        1.5,
+        float("nan"),
+        True,
+        3 + 4j,
+        "text",
+        b"\x00\xff",
+        None,
+    ]
+    loaded = roundtrip(tree)
+    assert [type(x) for x in loaded] == [type(x) for x in tree]
+
+
+def test_numpy_scalars_stay_numpy_scalars(roundtrip):
+    tree = [np.float32(1.5), np.int8(-3), np.bool_(True), np.complex64(1 - 2j), jnp.bfloat16(1.25)]
+    loaded = roundtrip(tree)
+    assert [type(x) for x in loaded] == [type(x) for x in tree]
+
+
+def test_empty_containers(roundtrip):
+    roundtrip({"a": [], "b": {}, "c": (), "d": None})
+    roundtrip([])
+    roundtrip(None)
+    roundtrip(np.arange(3))
+
+
+def test_key_paths_match_jax_keystr():
+    tree = {
+        "a": [np.arange(3), {"b": jnp.ones(2)}],
+        "5": (np.zeros(1),),
+        "p": Point(np.ones(1), np.ones(2)),
+    }
+    header = eqx_msg.header(eqx_msg.dumps(tree))
+    expected = sorted(
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    )
+    assert sorted(header.keys()) == expected
+
+
+def test_metadata_round_trips_any_msgpack_value():
+    metadata = {"step": 10, "lr": 1e-3, "tags": ["a", "b"], "blob": b"\x01", "nested": {"x": None}}
+    data = eqx_msg.dumps({"w": np.ones(2)}, metadata=metadata)
+    assert eqx_msg.header(data).metadata == metadata
+
+
+def test_metadata_that_is_not_msgpack_is_refused():
+    with pytest.raises(eqx_msg.UnserialisableError, match="metadata"):
+        eqx_msg.dumps({"w": np.ones(2)}, metadata={"bad": object()})
+
+
+def test_loads_accepts_bytearray_memoryview_and_mmap(tmp_path):
+    import mmap
+
+    tree = {"w": np.arange(10, dtype=np.float32)}
+    data = eqx_msg.dumps(tree)
+    for buffer in (bytearray(data), memoryview(data)):
+        np.testing.assert_array_equal(eqx_msg.loads(buffer)["w"], tree["w"])
+    path = tmp_path / "f.eqx"
+    path.write_bytes(data)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        np.testing.assert_array_equal(eqx_msg.loads(mm)["w"], tree["w"])
+
+
+def test_loaded_numpy_leaves_are_read_only_views():
+    data = eqx_msg.dumps({"w": np.arange(1000, dtype=np.float32)})
+    w = eqx_msg.loads(data)["w"]
+    assert not w.flags.writeable
+    base = np.frombuffer(data, np.uint8)
+    assert base.ctypes.data <= w.ctypes.data < base.ctypes.data + len(data)  # no copy

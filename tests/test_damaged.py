@@ -1,0 +1,193 @@
+"""Damaged or hostile input raises an EqxMsgError subclass that says what and where; never crashes."""
+
+import contextlib
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+
+import eqx_msg
+
+GOOD = eqx_msg.dumps({"a": np.arange(16, dtype=np.float32), "b": np.ones((2, 3), np.int8)})
+
+
+def _frame(header: dict, data: bytes, alignment: int = 64, version: int = 1) -> bytes:
+    """Frame a header and data exactly as FORMAT.md says, with no checks (a hostile writer)."""
+    encoded = msgpack.packb(header)
+    start = 16 + len(encoded)
+    pad = (-start) % alignment
+    return b"EQXMSG" + struct.pack("<HQ", version, len(encoded)) + encoded + bytes(pad) + data
+
+
+def _header(leaves, data_nbytes, tree=None):
+    return {
+        "format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": data_nbytes,
+        "leaves": leaves, "tree": tree or {"t": "list", "c": [{"t": "leaf", "i": i} for i in range(len(leaves))]},
+        "metadata": None, "writer": {},
+    }  # fmt: skip
+
+
+def _leaf(offset, nbytes, dtype="float32", shape=(4,)):
+    return {
+        "path": f"[{offset}]",
+        "kind": "numpy",
+        "dtype": dtype,
+        "shape": list(shape),
+        "offset": offset,
+        "nbytes": nbytes,
+    }
+
+
+def test_hostile_writer_helper_builds_valid_files():
+    data = _frame(_header([_leaf(0, 16), _leaf(64, 16)], 80), bytes(80))
+    assert len(eqx_msg.loads(data)) == 2
+
+
+@pytest.mark.parametrize(
+    "data,error,match",
+    [
+        (b"", eqx_msg.LengthError, ""),
+        (b"NOTEQX" + GOOD[6:], eqx_msg.MagicError, "magic|eqx_msg"),
+        (GOOD[:10], eqx_msg.LengthError, ""),
+        (GOOD[:40], eqx_msg.LengthError, ""),
+        (GOOD[:-1], eqx_msg.LengthError, ""),
+        (GOOD + b"\x00", eqx_msg.LengthError, ""),
+        (GOOD[:6] + struct.pack("<H", 9) + GOOD[8:], eqx_msg.VersionError, "9"),
+        (GOOD[:8] + struct.pack("<Q", 2**64 - 1) + GOOD[16:], eqx_msg.FormatError, ""),
+        (GOOD[:8] + struct.pack("<Q", len(GOOD)) + GOOD[16:], eqx_msg.LengthError, ""),
+        (GOOD[:16] + b"\xc1" * 40 + GOOD[56:], eqx_msg.HeaderError, ""),
+    ],
+    ids=[
+        "empty",
+        "magic",
+        "truncated-prefix",
+        "truncated-header",
+        "truncated-data",
+        "trailing",
+        "version",
+        "header-len-huge",
+        "header-len-lies",
+        "garbage-header",
+    ],
+)
+def test_framing_damage(data, error, match):
+    with pytest.raises(error, match=match or None):
+        eqx_msg.loads(data)
+
+
+@pytest.mark.parametrize(
+    "leaves,nbytes,error,match",
+    [
+        ([_leaf(8, 16)], 64, eqx_msg.LayoutError, "align"),
+        ([_leaf(0, 16), _leaf(0, 16)], 64, eqx_msg.LayoutError, "overlap"),
+        ([_leaf(0, 128, shape=(32,)), _leaf(64, 16)], 192, eqx_msg.LayoutError, "overlap"),
+        ([_leaf(64, 16)], 64, eqx_msg.LayoutError, "bound|exceed|beyond"),
+        ([_leaf(0, 12)], 64, eqx_msg.LayoutError, "nbytes|16"),
+        ([_leaf(0, 16, dtype="float128")], 64, eqx_msg.DTypeError, "float128"),
+        ([_leaf(0, 16, shape=(2**40, 2**40))], 64, eqx_msg.LayoutError, "overflow"),
+        ([_leaf(0, 16, shape=(1,) * 65)], 64, eqx_msg.LimitError, "dim"),
+        ([_leaf(2**64 - 64, 16)], 64, eqx_msg.LayoutError, ""),
+    ],
+    ids=[
+        "misaligned",
+        "overlap-same",
+        "overlap-partial",
+        "out-of-bounds",
+        "wrong-nbytes",
+        "unknown-dtype",
+        "shape-overflow",
+        "too-many-dims",
+        "offset-overflow",
+    ],
+)
+def test_leaf_table_damage(leaves, nbytes, error, match):
+    data = _frame(_header(leaves, nbytes), bytes(nbytes))
+    with pytest.raises(error, match=match or None):
+        eqx_msg.loads(data)
+
+
+def test_error_names_the_leaf_path():
+    leaf = _leaf(8, 16)
+    leaf["path"] = ".layers[3].weight"
+    with pytest.raises(eqx_msg.LayoutError, match=r"\.layers\[3\]\.weight"):
+        eqx_msg.loads(_frame(_header([leaf], 64), bytes(64)))
+
+
+def test_depth_bomb_is_refused():
+    bomb = b"\x91" * 100_000 + b"\xc0"  # 100,000 nested one-element arrays
+    encoded = b"\x81\xa8metadata" + bomb  # {"metadata": [[[[...]]]]}
+    data = b"EQXMSG" + struct.pack("<HQ", 1, len(encoded)) + encoded
+    data += bytes((-len(data)) % 64)
+    with pytest.raises(eqx_msg.FormatError):
+        eqx_msg.loads(data)
+
+
+@pytest.mark.parametrize(
+    "tree,error",
+    [
+        ({"t": "leaf", "i": 5}, eqx_msg.HeaderError),
+        ({"t": "list", "c": [{"t": "leaf", "i": 0}, {"t": "leaf", "i": 0}]}, eqx_msg.HeaderError),
+        ({"t": "list", "c": []}, eqx_msg.HeaderError),
+        ({"t": "wat"}, eqx_msg.HeaderError),
+        ({"t": "dict", "k": ["a", "b"], "c": [{"t": "leaf", "i": 0}]}, eqx_msg.HeaderError),
+        (
+            {"t": "node", "cls": "os.system", "aux": None, "c": [{"t": "leaf", "i": 0}]},
+            eqx_msg.UnknownTypeError,
+        ),
+        ({"t": "value", "v": {"$": "ref", "v": "builtins.eval"}}, eqx_msg.UnknownTypeError),
+        ({"t": "value", "v": {"$": "ref", "v": "numpy.load"}}, eqx_msg.UnknownTypeError),
+        ({"t": "value", "v": {"$": "nope"}}, eqx_msg.HeaderError),
+        ([1, 2], eqx_msg.HeaderError),
+    ],
+    ids=[
+        "leaf-index",
+        "leaf-reused",
+        "leaf-unused",
+        "unknown-node",
+        "keys-children",
+        "os-system",
+        "eval",
+        "numpy-load",
+        "unknown-tag",
+        "not-a-map",
+    ],
+)
+def test_malformed_or_hostile_tree(tree, error):
+    data = _frame(_header([_leaf(0, 16)], 64, tree=tree), bytes(64))
+    with pytest.raises(error):
+        eqx_msg.loads(data)
+
+
+def test_nothing_is_imported_because_a_file_names_it():
+    import sys
+
+    name = "this_module_must_not_be_imported_xyz"
+    tree = {"t": "node", "cls": f"{name}.Thing", "aux": None, "c": [{"t": "leaf", "i": 0}]}
+    with pytest.raises(eqx_msg.UnknownTypeError):
+        eqx_msg.loads(_frame(_header([_leaf(0, 16)], 64, tree=tree), bytes(64)))
+    assert name not in sys.modules
+
+
+def test_errors_are_value_errors():
+    assert issubclass(eqx_msg.EqxMsgError, ValueError)
+    for name in [
+        "MagicError",
+        "LengthError",
+        "HeaderError",
+        "LayoutError",
+        "DTypeError",
+        "LimitError",
+        "VersionError",
+    ]:
+        assert issubclass(getattr(eqx_msg, name), eqx_msg.FormatError)
+
+
+def test_random_corruption_never_crashes():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        data = bytearray(GOOD)
+        for i in rng.integers(0, len(data), 4):
+            data[i] = rng.integers(0, 256)
+        with contextlib.suppress(eqx_msg.EqxMsgError):  # valid but different data is fine too
+            eqx_msg.loads(bytes(data))

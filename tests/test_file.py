@@ -1,0 +1,227 @@
+"""save/load/open: atomic streaming writes, memory-mapped zero-copy reads, lazy per-leaf access."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_msg
+
+from conftest import assert_same_tree
+
+KEY = jax.random.key(0)
+
+
+def _model():
+    return {
+        "encoder": eqx.nn.MLP(8, 8, 16, 2, key=KEY),
+        "decoder": eqx.nn.Linear(8, 4, key=KEY),
+        "table": np.arange(4096, dtype=np.float32).reshape(64, 64),
+        "i4": jnp.arange(-8, 8, dtype=jnp.int4),
+        "step": 7,
+    }
+
+
+def test_save_load_round_trip(tmp_path):
+    path = tmp_path / "m.eqx"
+    model = _model()
+    eqx_msg.save(path, model, metadata={"step": 7})
+    assert_same_tree(model, eqx_msg.load(path))
+    assert path.read_bytes() == eqx_msg.dumps(
+        model, metadata={"step": 7}
+    )  # one format, two writers
+    assert eqx_msg.header(str(path)).metadata == {"step": 7}
+
+
+def test_save_to_file_object(tmp_path):
+    path = tmp_path / "f.eqx"
+    with path.open("wb") as f:
+        eqx_msg.save(f, _model())
+    assert_same_tree(_model(), eqx_msg.load(path))
+
+
+def test_cpu_jax_leaves_alias_the_map(tmp_path):
+    path = tmp_path / "z.eqx"
+    eqx_msg.save(path, {"w": jnp.arange(1 << 16, dtype=jnp.float32), "small": jnp.ones(3)})
+    with eqx_msg.open(path) as reader:
+        view = reader["['w']"]
+        base, end = reader._buf.ctypes.data, reader._buf.ctypes.data + len(reader._buf)
+    loaded = eqx_msg.load(path)
+    for leaf in loaded.values():
+        pointer = leaf.unsafe_buffer_pointer()
+        assert pointer % 64 == 0
+    # the loaded array's buffer lies inside a map of the same file (a fresh map: compare offsets)
+    assert view.ctypes.data >= base and view.ctypes.data < end
+    reader2 = eqx_msg.open(path)
+    arrays = reader2.load()
+    start = reader2._buf.ctypes.data
+    assert start <= arrays["w"].unsafe_buffer_pointer() < start + len(reader2._buf)
+    assert start <= arrays["small"].unsafe_buffer_pointer() < start + len(reader2._buf)
+
+
+def test_map_stays_alive_while_arrays_use_it(tmp_path):
+    path = tmp_path / "alive.eqx"
+    eqx_msg.save(path, {"w": np.arange(100_000, dtype=np.float64)})
+    w = eqx_msg.load(path)["w"]
+    import gc
+
+    gc.collect()
+    assert w[12345] == 12345.0
+    os.remove(path)  # the map outlives the name too
+    assert w.sum() == np.arange(100_000, dtype=np.float64).sum()
+
+
+def test_save_is_atomic_on_error(tmp_path):
+    path = tmp_path / "keep.eqx"
+    eqx_msg.save(path, {"w": np.ones(4)})
+    before = path.read_bytes()
+
+    class Boom(eqx.Module):
+        w: jax.Array
+
+    class Exploding(np.ndarray):
+        pass
+
+    with pytest.raises(eqx_msg.UnserialisableError):
+        eqx_msg.save(path, {"w": np.ones(4), "bad": object()})
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["keep.eqx"]
+
+
+def test_crash_mid_save_keeps_previous_file(tmp_path):
+    path = tmp_path / "crash.eqx"
+    eqx_msg.save(path, {"w": np.ones(4)})
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import os, numpy as np, eqx_msg
+        from eqx_msg import _leaves
+        real = _leaves.host_array
+        count = [0]
+        def dying(record, source):
+            count[0] += 1
+            if count[0] == 3:
+                os._exit(17)  # the process dies mid-write, no cleanup runs
+            return real(record, source)
+        _leaves.host_array = dying
+        eqx_msg.save({str(path)!r}, {{"a": np.zeros(1 << 20), "b": np.zeros(1 << 20), "c": np.zeros(1 << 20)}})
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 17, result.stderr
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(eqx_msg.load(path)["w"], np.ones(4))
+
+
+def test_save_keeps_permissions(tmp_path):
+    path = tmp_path / "perm.eqx"
+    eqx_msg.save(path, {"w": np.ones(1)})
+    os.chmod(path, 0o640)
+    eqx_msg.save(path, {"w": np.ones(2)})
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+def test_reader_lazy_access(tmp_path):
+    path = tmp_path / "r.eqx"
+    model = _model()
+    eqx_msg.save(path, model, metadata={"note": "x"})
+    with eqx_msg.open(path) as reader:
+        assert reader.metadata == {"note": "x"}
+        assert ".layers[0].weight" in "".join(reader.keys())
+        assert "['table']" in reader and len(reader) == len(reader.keys())
+        table = reader["['table']"]
+        assert isinstance(table, np.ndarray) and not table.flags.writeable
+        np.testing.assert_array_equal(reader.slice("['table']")[10:12, 3], model["table"][10:12, 3])
+        weight = reader.get("['decoder'].weight")
+        assert isinstance(weight, jax.Array) and jnp.array_equal(weight, model["decoder"].weight)
+        abstract = reader.abstract()
+        assert jax.tree.structure(abstract) == jax.tree.structure(
+            eqx.filter_eval_shape(lambda: model)
+        )
+        arrays = [x for x in jax.tree.leaves(abstract) if not (callable(x) or isinstance(x, int))]
+        assert len(arrays) == len(reader) and all(
+            isinstance(x, jax.ShapeDtypeStruct) for x in arrays
+        )
+        header = reader.header
+        assert isinstance(header, eqx_msg.Header) and header.leaves[0].path == reader.keys()[0]
+        with pytest.raises(eqx_msg.KeyPathError, match="weigth"):
+            reader["['decoder'].weigth"]
+
+
+def test_reader_load_subtree_with_filter(tmp_path):
+    path = tmp_path / "f.eqx"
+    model = _model()
+    eqx_msg.save(path, model)
+    with eqx_msg.open(path) as reader:
+        part = reader.load(filter=lambda p: p.startswith("['encoder']"))
+    assert isinstance(part["encoder"].layers[0].weight, jax.Array)
+    assert isinstance(part["decoder"].weight, jax.ShapeDtypeStruct)
+    assert isinstance(part["table"], jax.ShapeDtypeStruct)
+    part = eqx_msg.load(
+        path, filter={"encoder": False, "decoder": True, "table": False, "i4": False, "step": False}
+    )
+    assert isinstance(part["decoder"].weight, jax.Array)
+    assert isinstance(part["encoder"].layers[1].bias, jax.ShapeDtypeStruct)
+
+
+def test_load_on_explicit_device(tmp_path):
+    path = tmp_path / "d.eqx"
+    eqx_msg.save(path, {"w": jnp.ones(3)})
+    device = jax.devices()[1]
+    w = eqx_msg.load(path, device=device)["w"]
+    assert w.devices() == {device}
+
+
+def test_load_missing_or_tiny_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        eqx_msg.load(tmp_path / "nope.eqx")
+    (tmp_path / "tiny.eqx").write_bytes(b"EQX")
+    with pytest.raises(eqx_msg.LengthError):
+        eqx_msg.load(tmp_path / "tiny.eqx")
+
+
+def test_save_peak_memory_is_bounded(tmp_path):
+    """Saving a 2 GiB tree of memory-mapped leaves adds at most a few hundred MiB of anonymous RSS.
+
+    Anonymous RSS (`RssAnon`) counts copies the process makes; the pages of the source map and the
+    page cache of the written file are file-backed and not counted.
+    """
+    script = textwrap.dedent(f"""
+        import threading, time, os, numpy as np, eqx_msg
+        def anon():
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("RssAnon")) >> 10
+        src = {str(tmp_path / "src.bin")!r}
+        n, size = 32, 64 << 20
+        with open(src, "wb") as f:
+            f.truncate(n * size)
+        mm = np.memmap(src, dtype=np.uint8, mode="r")
+        tree = {{f"w{{i}}": mm[i * size:(i + 1) * size].view(np.float32) for i in range(n)}}
+        base = anon()
+        peak = [base]
+        done = [False]
+        def watch():
+            while not done[0]:
+                peak[0] = max(peak[0], anon())
+                time.sleep(0.002)
+        t = threading.Thread(target=watch)
+        t.start()
+        out = {str(tmp_path / "big.eqx")!r}
+        eqx_msg.save(out, tree)
+        done[0] = True
+        t.join()
+        print(peak[0] - base, os.path.getsize(out) >> 20)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    extra_mib, size_mib = map(int, result.stdout.split())
+    assert size_mib >= 2048
+    assert extra_mib < 300, f"saving 2 GiB took {extra_mib} MiB of extra anonymous memory"

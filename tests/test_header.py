@@ -1,0 +1,66 @@
+"""The header: pydantic models, the published JSON schema, and reading it with plain msgpack."""
+
+import json
+import pathlib
+import struct
+
+import jax
+import jax.numpy as jnp
+import msgpack
+import numpy as np
+
+import eqx_msg
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "docs" / "header.schema.json"
+
+
+def test_schema_file_is_up_to_date():
+    current = json.dumps(eqx_msg.Header.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    assert SCHEMA.read_text() == current, (
+        "docs/header.schema.json is stale: run python -m eqx_msg schema > docs/header.schema.json"
+    )
+
+
+def test_header_reads_with_plain_msgpack_alone():
+    """What a reader in another language does: parse the prefix, decode the map, slice the bytes."""
+    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "k": jax.random.key(3), "s": 1.5}
+    data = eqx_msg.dumps(tree, metadata={"run": "a"})
+    assert data[:6] == b"EQXMSG"
+    version, header_len = struct.unpack("<HQ", data[6:16])
+    assert version == 1
+    header = msgpack.unpackb(data[16 : 16 + header_len])
+    start = -(-(16 + header_len) // header["alignment"]) * header["alignment"]
+    assert len(data) == start + header["data_nbytes"]
+    by_path = {leaf["path"]: leaf for leaf in header["leaves"]}
+    w = by_path["['w']"]
+    values = np.frombuffer(data, "<f4", count=6, offset=start + w["offset"]).reshape(w["shape"])
+    np.testing.assert_array_equal(values, tree["w"])
+    assert by_path["['k']"]["key_impl"] == "threefry2x32"
+    assert header["metadata"] == {"run": "a"}
+    assert {"eqx_msg", "jax", "equinox"} <= set(header["writer"])
+    assert header["tree"]["t"] == "dict"
+
+
+def test_every_leaf_is_aligned():
+    data = eqx_msg.dumps([np.ones(n, np.int8) for n in range(1, 40)] + [jnp.ones(3, jnp.bfloat16)])
+    header = eqx_msg.header(data)
+    _, header_len = struct.unpack("<HQ", data[6:16])
+    start = -(-(16 + header_len) // 64) * 64
+    assert start % 64 == 0
+    assert all((start + leaf.offset) % header.alignment == 0 for leaf in header.leaves)
+
+
+def test_larger_alignment():
+    data = eqx_msg.dumps({"a": np.ones(3), "b": np.ones(5)}, alignment=4096)
+    header = eqx_msg.header(data)
+    assert header.alignment == 4096 and all(leaf.offset % 4096 == 0 for leaf in header.leaves)
+    np.testing.assert_array_equal(eqx_msg.loads(data)["b"], np.ones(5))
+
+
+def test_header_model_is_typed():
+    header = eqx_msg.header(eqx_msg.dumps({"w": jnp.ones((2, 2))}, metadata=[1, 2]))
+    assert isinstance(header.leaves[0], eqx_msg.LeafSpec)
+    assert header.leaves[0].kind == "jax" and header.leaves[0].shape == [2, 2]
+    assert header.metadata == [1, 2]
+    assert header.keys() == ["['w']"]

@@ -1,0 +1,62 @@
+"""like=: the structure comes from a given pytree; every mismatch is reported by key path."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_msg
+
+KEY = jax.random.key(0)
+
+
+class Secret(eqx.Module):
+    """A class the registry does not know: like= must not need it."""
+
+    w: jax.Array
+    b: jax.Array
+
+
+def test_like_uses_the_given_structure_without_the_registry():
+    model = Secret(jnp.ones((2, 3)), jnp.zeros(3))
+    data = eqx_msg.dumps(model)
+    with pytest.raises(eqx_msg.UnknownTypeError):
+        eqx_msg.loads(data)
+    skeleton = eqx.filter_eval_shape(lambda: Secret(jnp.ones((2, 3)), jnp.zeros(3)))
+    loaded = eqx_msg.loads(data, like=skeleton)
+    assert type(loaded) is Secret and jnp.array_equal(loaded.w, model.w)
+
+
+def test_like_with_concrete_model():
+    mlp = eqx.nn.MLP(3, 2, 4, 1, key=KEY)
+    other = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(1))
+    loaded = eqx_msg.loads(eqx_msg.dumps(mlp), like=other)
+    assert jnp.array_equal(loaded.layers[0].weight, mlp.layers[0].weight)
+
+
+def test_like_reports_every_mismatch():
+    data = eqx_msg.dumps(
+        {"a": np.ones((2, 3), np.float32), "b": np.ones(4, np.int32), "extra": np.ones(1)}
+    )
+    like = {"a": np.ones((3, 2), np.float32), "b": np.ones(4, np.float32), "missing": np.ones(1)}
+    with pytest.raises(eqx_msg.StructureMismatchError) as info:
+        eqx_msg.loads(data, like=like)
+    message = str(info.value)
+    assert "['a']" in message and "(3, 2)" in message and "(2, 3)" in message
+    assert "['b']" in message and "int32" in message and "float32" in message
+    assert "['missing']: in like= but not in the file" in message
+    assert "['extra']: in the file but not in like=" in message
+    assert "4 problems" in message
+
+
+def test_renamed_key_is_never_silent():
+    data = eqx_msg.dumps({"weight": np.ones(2)})
+    with pytest.raises(eqx_msg.StructureMismatchError, match="weight"):
+        eqx_msg.loads(data, like={"weights": np.ones(2)})
+
+
+def test_like_keeps_python_value_leaves_from_the_file():
+    data = eqx_msg.dumps({"lr": 0.5, "w": np.ones(2)})
+    loaded = eqx_msg.loads(data, like={"lr": 0.1, "w": jax.ShapeDtypeStruct((2,), np.float64)})
+    assert loaded["lr"] == 0.5
