@@ -66,12 +66,16 @@ def run_once(fn: Callable[[], Any], block: bool) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-SLOW = 2.5  # seconds: a first run slower than this is the cell's only run
-BUDGET = 6.0  # seconds: timed runs of one cell stop once they would exceed this
+SLOW = 5.0  # seconds: a first run slower than this is the cell's only run
+BUDGET = 4.0  # seconds: timed runs of one cell stop once they would exceed this (but at least one)
 
 
 def runs_for(first: float, repeat: int) -> int:
-    """How many timed runs a cell gets after its first run took `first` seconds (0: report the first)."""
+    """How many timed runs a cell gets after its first run took `first` seconds (0: report the first).
+
+    A first run of a few seconds may hold one-time costs (a compile per shape, say), so it is
+    followed by one timed run; only very slow first runs stand alone.
+    """
     if first > SLOW:
         return 0
     return max(1, min(repeat, int(BUDGET / max(first, 1e-9))))

@@ -193,12 +193,13 @@ def bench_system(
         )
     data = None  # free the bytes before the file operations
     cells["save"], cells["save_fsync"] = save_cells(system, work, path, repeat)
-    if os.path.exists(path):
+    saved = cells["save_fsync"].status in ("ok", "wrong") and os.path.exists(path)
+    if saved:
         cells.update(file_cells(system, work, path, repeat))
     else:
         failed = Cell(status=cells["save"].status if cells["save"].status != "ok" else "fails", detail="no file: save failed")
         cells.update({op: failed for op in ("load_numpy", "load_jax", "open_one", "header", "size")})
-    if rss and os.path.exists(path):
+    if rss and saved:
         cells["rss_load"] = rss_cell(system, work, sizes, "load", path)
         save_path = os.path.join(directory, "rss" + system.suffix)
         cells["rss_save"] = rss_cell(system, work, sizes, "save", save_path)
@@ -472,7 +473,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="timed runs per cell, after 1 warm-up (default 5; 1 with --quick)")
     parser.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS) + " (W2 = both W2s)")
     parser.add_argument("--systems", help="comma-separated system names (eqx_msg always included)")
-    parser.add_argument("--rss", choices=("big", "all", "none"), help="peak-RSS rows (a fresh process per cell) for W1 and W4, all workloads, or none (default: big; none with --quick)")
+    parser.add_argument("--rss", help="workloads with peak-RSS rows (a fresh process per cell), comma-separated, or all/none (default: W1; none with --quick)")
     parser.add_argument("--out", help="markdown path (default benches/RESULTS.md; a temp file with --quick)")
     return parser.parse_args(argv)
 
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison, print the report and write it."""
     args = parse(argv)
     args.repeat = args.repeat or (1 if args.quick else 5)
-    args.rss = args.rss or ("none" if args.quick else "big")
+    args.rss = args.rss or ("none" if args.quick else "W1")
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
     command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__)), *(argv if argv is not None else sys.argv[1:])])
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Result] = {}
     for name in wanted:
         work = build(name, sizes)
-        rss = args.rss == "all" or (args.rss == "big" and name in ("W1", "W4"))
+        rss = args.rss == "all" or name in args.rss.split(",")
         results[name] = bench_workload(work, systems, sizes, args.repeat, rss)
         del work
     text = report(results, names, args, command, time.perf_counter() - start)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import equinox
@@ -36,7 +38,8 @@ class Plan(NamedTuple):
 
 def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
     """Flatten `tree`, lay its leaves out at `alignment` and encode the header."""
-    flat = _tree.flatten(tree)
+    with gc_paused():
+        flat = _tree.flatten(tree)
     stored = [r for r in flat.records if r["kind"] != "abstract"]
     sizes = [_core.storage_nbytes(r["dtype"], r["shape"]) for r in stored]
     offsets, data_nbytes = _core.layout(sizes, alignment)
@@ -74,13 +77,32 @@ def as_bytes_array(data: Any) -> np.ndarray:
     return buf
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many small acyclic objects (headers of 10k+ leaves).
+
+    msgpack's own performance advice: allocations trigger collections that find nothing here, and
+    with a large model alive each full collection walks all of it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
     """Validate a whole file in `buf` (Rust) and decode its header; returns (header, data_start)."""
     header_len, data_start = _core.inspect(buf)
     try:
-        header = msgpack.unpackb(
-            buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len], raw=False, strict_map_key=False
-        )
+        with gc_paused():
+            header = msgpack.unpackb(
+                buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len],
+                raw=False,
+                strict_map_key=False,
+            )
     except (ValueError, TypeError, msgpack.ExtraData) as err:  # pragma: no cover - Rust checked it
         raise HeaderError(f"header at byte {_core.PREFIX_LEN}: {err}") from None
     return header, data_start
@@ -88,7 +110,8 @@ def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
 
 def rebuild(
     header: dict[str, Any],
-    fetch: Callable[[int], np.ndarray],
+    buf: np.ndarray,
+    data_start: int,
     *,
     like: Any = None,
     allow: Any = (),
@@ -96,17 +119,18 @@ def rebuild(
     sharding: Any = None,
     select: Callable[[str], bool] | None = None,
 ) -> Any:
-    """Rebuild the pytree of a decoded header; `fetch(i)` gives leaf i's bytes as a numpy array."""
+    """Rebuild the pytree of a decoded header from the file bytes `buf`; arguments as for `load`."""
     records = header["leaves"]
     allowed = _registry.allow_map(allow)
     selected = None if select is None else [bool(select(r["path"])) for r in records]
     shardings = _place.resolve_shardings(
         sharding, records, lambda i: _leaves.abstract_leaf(records[i])
     )
-    leaves = _leaves.build_leaves(records, fetch, device, shardings, selected)
-    if like is None:
-        return _tree.unflatten(header["tree"], leaves, allowed)
-    return match_like(like, header["tree"], records, leaves, allowed)
+    with gc_paused():
+        leaves = _leaves.build_leaves(records, buf, data_start, device, shardings, selected)
+        if like is None:
+            return _tree.unflatten(header["tree"], leaves, allowed)
+        return match_like(like, header["tree"], records, leaves, allowed)
 
 
 def match_like(
@@ -195,7 +219,4 @@ def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:
     """
     buf = as_bytes_array(data)
     header, data_start = read_header(buf)
-    records = header["leaves"]
-    return rebuild(
-        header, lambda i: _leaves.host_view(buf, records[i], data_start), like=like, allow=allow
-    )
+    return rebuild(header, buf, data_start, like=like, allow=allow)

@@ -244,7 +244,7 @@ class Reader:
         shardings = _place.resolve_shardings(
             sharding, [record], lambda _: _leaves.abstract_leaf(record)
         )
-        return _leaves.build_leaves([record], lambda _: self[key], device, shardings)[0]
+        return _leaves.build_leaves([record], self._buf, self._data_start, device, shardings)[0]
 
     def slice(self, key: str) -> _Slice:
         """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""
@@ -266,7 +266,8 @@ class Reader:
         """The whole pytree, or the part `filter` selects; arguments as for `eqx_msg.load`."""
         return _codec.rebuild(
             self._raw,
-            lambda i: _leaves.host_view(self._buf, self._records[i], self._data_start),
+            self._buf,
+            self._data_start,
             like=like,
             allow=allow,
             device=device,

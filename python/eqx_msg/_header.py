@@ -46,13 +46,6 @@ class LeafSpec(_Model):
     sharding: ShardingSpec | None = None
 
 
-class LeafNode(_Model):
-    """An array leaf: index `i` into `Header.leaves`."""
-
-    t: Literal["leaf"]
-    i: NonNegativeInt
-
-
 class NoneNode(_Model):
     """`None`."""
 
@@ -123,19 +116,22 @@ class CustomNode(_Model):
     c: list[Node]
 
 
-Node = Annotated[
-    LeafNode
-    | NoneNode
-    | ValueNode
-    | ListNode
-    | TupleNode
-    | DictNode
-    | OrderedDictNode
-    | DefaultDictNode
-    | NamedTupleNode
-    | CustomNode,
-    Field(discriminator="t"),
-]
+# An array leaf is a bare integer (an index into Header.leaves); every other node is a map tagged "t".
+Node = (
+    Annotated[NonNegativeInt, Field(description="an array leaf: an index into Header.leaves")]
+    | Annotated[
+        NoneNode
+        | ValueNode
+        | ListNode
+        | TupleNode
+        | DictNode
+        | OrderedDictNode
+        | DefaultDictNode
+        | NamedTupleNode
+        | CustomNode,
+        Field(discriminator="t"),
+    ]
+)
 
 
 class Header(_Model):

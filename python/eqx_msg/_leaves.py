@@ -39,31 +39,35 @@ def host_array(record: dict[str, Any], source: Any) -> np.ndarray | None:
 
 def host_view(buf: np.ndarray, record: dict[str, Any], data_start: int) -> np.ndarray:
     """A leaf's data as a numpy array: a read-only view into `buf` (a copy for packed dtypes)."""
-    dtype = _dtypes.to_numpy(record["dtype"])
-    shape = tuple(record["shape"])
+    name, shape = record["dtype"], record["shape"]
     start = data_start + record["offset"]
-    raw = buf[start : start + record["nbytes"]]
-    bits = _dtypes.PACKED_BITS.get(record["dtype"])
+    bits = _dtypes.PACKED_BITS.get(name)
     if bits is not None:
-        raw = np.frombuffer(_core.unpack_subbyte(raw, bits, math.prod(shape)), np.uint8)
-    return raw.view(dtype).reshape(shape)
+        raw = buf[start : start + record["nbytes"]]
+        unpacked = _core.unpack_subbyte(raw, bits, math.prod(shape))
+        return np.frombuffer(unpacked, _dtypes.to_numpy(name)).reshape(shape)
+    # frombuffer of the read-only base is the cheapest view numpy has (~0.6 us; it matters at 10k leaves)
+    array = np.frombuffer(buf, _dtypes.to_numpy(name), math.prod(shape), start)
+    return array if len(shape) == 1 else array.reshape(shape)
 
 
 def build_leaves(
     records: Sequence[dict[str, Any]],
-    fetch: Any,
+    buf: np.ndarray,
+    data_start: int,
     device: Any = None,
     shardings: Sequence[Any] | None = None,
     selected: Sequence[bool] | None = None,
 ) -> list[Any]:
-    """Rebuild every leaf object of `records`; `fetch(i)` gives leaf i's host array.
+    """Rebuild every leaf object of `records` from the file bytes in `buf`.
 
-    numpy leaves are the host arrays themselves; jax and key leaves are placed on devices in one
+    numpy leaves are read-only views of `buf`; jax and key leaves are placed on devices in one
     batch (`device` / `shardings`: see `_place.put`); abstract leaves, and leaves not `selected`,
     become `jax.ShapeDtypeStruct` without their bytes being read.
     """
     leaves: list[Any] = [None] * len(records)
     to_place: list[int] = []
+    hosts: list[np.ndarray] = []
     numpy_instead: list[str] = []
     x64 = jax.config.jax_enable_x64
     for i, record in enumerate(records):
@@ -71,19 +75,19 @@ def build_leaves(
         if selected is not None and not selected[i]:
             kind = "abstract"
         if kind == "numpy":
-            leaves[i] = fetch(i)
-        elif kind == "jax" or kind == "key":
-            if not x64 and kind == "jax" and record["dtype"] in _X64_ONLY:
-                leaves[i] = fetch(
-                    i
-                )  # 64-bit data stays exact: numpy, not a silently narrowed jax array
-                numpy_instead.append(record["path"])
-            else:
-                if kind == "key":
-                    _key_dtype(record["key_impl"])  # an unknown impl is a HeaderError, early
-                to_place.append(i)
+            leaves[i] = host_view(buf, record, data_start)
+        elif kind == "jax" and (x64 or record["dtype"] not in _X64_ONLY):
+            to_place.append(i)
+            hosts.append(host_view(buf, record, data_start))
+        elif kind == "jax":  # 64-bit data stays exact: numpy, never a silently narrowed jax array
+            leaves[i] = host_view(buf, record, data_start)
+            numpy_instead.append(record["path"])
+        elif kind == "key":
+            _key_dtype(record["key_impl"])  # an unknown impl is a HeaderError, before any work
+            to_place.append(i)
+            hosts.append(host_view(buf, record, data_start))
         elif kind == "numpy_scalar":
-            leaves[i] = fetch(i)[()]
+            leaves[i] = host_view(buf, record, data_start)[()]
         elif kind == "abstract":
             leaves[i] = abstract_leaf(record)
         else:
@@ -95,8 +99,8 @@ def build_leaves(
             stacklevel=3,
         )
     placed = _place.put(
-        [fetch(i) for i in to_place],
-        [records[i] for i in to_place],
+        hosts,
+        [bool(records[i].get("weak_type")) for i in to_place],
         device,
         None if shardings is None else [shardings[i] for i in to_place],
     )

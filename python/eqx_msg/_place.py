@@ -9,6 +9,7 @@ through one `jax.device_put` call so that their transfers run concurrently on ac
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ _LARGE = 1 << 20  # leaves at least this big move in one concurrent device_put c
 
 def put(
     hosts: Sequence[np.ndarray],
-    records: Sequence[dict[str, Any]],
+    weak_types: Sequence[bool],
     device: Any = None,
     shardings: Sequence[Sharding | None] | None = None,
 ) -> list[jax.Array]:
@@ -42,32 +43,36 @@ def put(
     plain: list[int] = []
     for i, host in enumerate(hosts):
         sharding = shardings[i] if shardings is not None else None
-        if sharding is None or _is_single(sharding):
+        if sharding is None:
             plain.append(i)
         else:
             out[i] = _from_callback(host, sharding)
-    large = [i for i in plain if hosts[i].nbytes >= _LARGE and not records[i].get("weak_type")]
+    large = [i for i in plain if hosts[i].nbytes >= _LARGE and not weak_types[i]]
     if large:
         placed = jax.device_put([hosts[i] for i in large], target if committed else None)
         for i, array in zip(large, placed):
             out[i] = array
-    sharding = SingleDeviceSharding(target)
+    single, devices = SingleDeviceSharding(target), [target]
     for i in plain:
         if out[i] is None:
-            out[i] = _put_small(
-                hosts[i], bool(records[i].get("weak_type")), sharding, target, committed
-            )
+            host = hosts[i]
+            if _batched_device_put is None:  # pragma: no cover - depends on the jax version
+                out[i] = _put_fallback(host, weak_types[i], target if committed else None)
+                continue
+            aval = _aval(host.shape, host.dtype, weak_types[i])
+            out[i] = _batched_device_put(aval, single, [host], devices, committed)
     return out
 
 
-def _put_small(
-    host: np.ndarray, weak_type: bool, sharding: Sharding, device: Any, committed: bool
-) -> jax.Array:
-    if _batched_device_put is not None:
-        aval = _jax_core.ShapedArray(host.shape, host.dtype, weak_type=weak_type)
-        return _batched_device_put(aval, sharding, [host], [device], committed)
-    array = jax.device_put(host, device if committed else None)  # pragma: no cover
-    return array if not weak_type else array.astype(array.dtype)  # pragma: no cover
+def _put_fallback(host: np.ndarray, weak_type: bool, device: Any) -> jax.Array:
+    array = jax.device_put(host, device)
+    return jax.lax.convert_element_type(array, array.dtype) if weak_type else array
+
+
+@functools.lru_cache(maxsize=4096)
+def _aval(shape: tuple[int, ...], dtype: np.dtype, weak_type: bool) -> Any:
+    # Building a ShapedArray costs ~5 us, as much as the transfer of a small leaf; leaves share them.
+    return _jax_core.ShapedArray(shape, dtype, weak_type=weak_type)
 
 
 def _from_callback(host: np.ndarray, sharding: Sharding) -> jax.Array:
@@ -84,10 +89,6 @@ def _single_device(device: Any) -> Any:
             raise ShardingError(f"device= takes one device; pass sharding= for {device}")
         return next(iter(devices))
     return device
-
-
-def _is_single(sharding: Sharding) -> bool:
-    return isinstance(sharding, SingleDeviceSharding)
 
 
 def sharding_record(array: jax.Array) -> dict[str, Any] | None:

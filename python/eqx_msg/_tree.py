@@ -30,13 +30,16 @@ _PY_SCALARS = (bool, int, float, complex, str, bytes)
 class Flat(NamedTuple):
     """A flattened pytree: the header's tree node, the leaf records, and the leaf objects."""
 
-    tree: dict[str, Any]
+    tree: dict[str, Any] | int
     records: list[dict[str, Any]]
     sources: list[Any]
 
 
 def flatten(tree: Any) -> Flat:
-    """Flatten `tree` into a tree node, leaf records (no offsets yet) and the array leaves."""
+    """Flatten `tree` into a tree node, leaf records (no offsets yet) and the array leaves.
+
+    An array leaf's node is the plain integer index of its record (compact for many small leaves).
+    """
     records: list[dict[str, Any]] = []
     sources: list[Any] = []
     return Flat(_Flattener(records, sources).walk(tree, ""), records, sources)
@@ -47,7 +50,7 @@ class _Flattener:
         self.records = records
         self.sources = sources
 
-    def walk(self, obj: Any, path: str) -> dict[str, Any]:
+    def walk(self, obj: Any, path: str) -> dict[str, Any] | int:
         kind = type(obj)
         if kind is np.ndarray:  # the hot path for many small leaves, inlined
             name = _dtypes.name_cache.get(obj.dtype) or _dtype(obj.dtype, path)
@@ -55,7 +58,7 @@ class _Flattener:
                 {"path": path, "kind": "numpy", "dtype": name, "shape": list(obj.shape)}
             )
             self.sources.append(obj)
-            return {"t": "leaf", "i": len(self.sources) - 1}
+            return len(self.sources) - 1
         if kind is _ArrayImpl:
             return self.leaf(obj, path)
         if kind is dict:
@@ -104,11 +107,11 @@ class _Flattener:
             "c": [self.walk(child, path + jtu.keystr(key)) for key, child in children],
         }
 
-    def leaf(self, obj: Any, path: str) -> dict[str, Any]:
+    def leaf(self, obj: Any, path: str) -> int:
         record = leaf_record(obj, path)
         self.records.append(record)
         self.sources.append(obj)
-        return {"t": "leaf", "i": len(self.records) - 1}
+        return len(self.records) - 1
 
 
 def leaf_record(obj: Any, path: str) -> dict[str, Any]:
@@ -168,12 +171,14 @@ def _dtype(dtype: Any, path: str) -> str:
 
 
 def unflatten(node: Any, leaves: Sequence[Any], allow: Mapping[str, Any]) -> Any:
-    """Rebuild the pytree of a header tree node, with `leaves[i]` at each `leaf` node `i`."""
+    """Rebuild the pytree of a header tree node, with `leaves[i]` at each array leaf `i`."""
     builder = _Builder(leaves, allow)
-    tree = builder.build(node, "")
-    if builder.used != len(leaves):
+    tree = builder.child(node, "")
+    order = builder.order
+    if len(order) != len(leaves) or len(set(order)) != len(leaves) or (order and min(order) < 0):
         raise HeaderError(
-            f"the tree references {builder.used} leaves but the header has {len(leaves)}"
+            f"the tree must reference each of the {len(leaves)} leaf records exactly once; "
+            f"it references {len(order)} ({len(set(order))} distinct)"
         )
     return tree
 
@@ -182,20 +187,39 @@ class _Builder:
     def __init__(self, leaves: Sequence[Any], allow: Mapping[str, Any]):
         self.leaves = leaves
         self.allow = allow
-        self.seen = bytearray(len(leaves))
-        self.used = 0
+        self.order: list[int] = []  # leaf indices met, checked once at the end
+
+    def child(self, node: Any, where: str) -> Any:
+        if type(node) is int:  # an array leaf: an index into the leaf records
+            self.order.append(node)
+            try:
+                return self.leaves[node]
+            except IndexError:
+                raise HeaderError(
+                    f"{where or 'the root'}: leaf index {node} is out of range"
+                ) from None
+        return self.build(node, where)
+
+    def children(self, nodes: Any, where: str) -> list[Any]:
+        leaves, order = self.leaves, self.order
+        out = []
+        for i, node in enumerate(_seq(nodes)):
+            if type(node) is int and 0 <= node < len(leaves):  # the hot path, inlined
+                order.append(node)
+                out.append(leaves[node])
+            else:
+                out.append(self.child(node, f"{where}[{i}]"))
+        return out
 
     def build(self, node: Any, where: str) -> Any:
         try:
             tag = node["t"]
-            if tag == "leaf":
-                return self.leaf(node["i"], where)
             if tag == "dict":
                 return dict(self.items(node, where))
             if tag == "list":
-                return [self.build(c, f"{where}[{i}]") for i, c in enumerate(_seq(node["c"]))]
+                return self.children(node["c"], where)
             if tag == "tuple":
-                return tuple(self.build(c, f"{where}[{i}]") for i, c in enumerate(_seq(node["c"])))
+                return tuple(self.children(node["c"], where))
             if tag == "none":
                 return None
             if tag == "value":
@@ -211,19 +235,10 @@ class _Builder:
                 cls = _registry.resolve(node["cls"], self.allow, where)
                 if not (isinstance(cls, type) and issubclass(cls, tuple)):
                     raise HeaderError(f"{where}: {node['cls']!r} is not a namedtuple class")
-                return cls(*(self.build(c, f"{where}[{i}]") for i, c in enumerate(_seq(node["c"]))))
+                return cls(*self.children(node["c"], where))
         except (KeyError, TypeError, AttributeError) as err:
             raise HeaderError(f"{where or 'the root'}: malformed tree node: {err!r}") from None
         raise HeaderError(f"{where or 'the root'}: unknown tree node type {tag!r}")
-
-    def leaf(self, index: Any, where: str) -> Any:
-        if type(index) is not int or not 0 <= index < len(self.leaves) or self.seen[index]:
-            raise HeaderError(
-                f"{where or 'the root'}: leaf index {index!r} is out of range or reused"
-            )
-        self.seen[index] = 1
-        self.used += 1
-        return self.leaves[index]
 
     def items(self, node: dict[str, Any], where: str) -> Iterator[tuple[Any, Any]]:
         keys, children = _seq(node["k"]), _seq(node["c"])
@@ -231,12 +246,12 @@ class _Builder:
             raise HeaderError(f"{where}: {len(keys)} keys but {len(children)} children")
         for key, child in zip(keys, children):
             key = _static.decode(key, self.allow, where)
-            yield key, self.build(child, f"{where}[{key!r}]")
+            yield key, self.child(child, f"{where}[{key!r}]")
 
     def custom(self, node: dict[str, Any], where: str) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
         aux = _static.decode(node["aux"], self.allow, where)
-        children = [self.build(c, f"{where}.<{i}>") for i, c in enumerate(_seq(node["c"]))]
+        children = self.children(node["c"], where)
         try:
             treedef = jtu.PyTreeDef.from_node_data_and_children(
                 default_registry, (cls, aux), [_LEAF_TREEDEF] * len(children)
@@ -253,6 +268,8 @@ def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
     stack = [node]
     while stack:
         node = stack.pop()
+        if type(node) is int:
+            continue
         if not isinstance(node, dict):
             raise HeaderError(f"malformed tree node {node!r:.80}")
         if node.get("t") == "value":

@@ -228,11 +228,14 @@ impl<'a> Header<'a> {
             return Err(Error::MissingField { field: field(4) });
         }
         let [tree, metadata, writer] = raw;
-        for (k, v) in [(5, tree), (7, writer)] {
-            if let Some(v) = v.filter(|v| !v.is_map()) {
-                let found = Cursor::at(v.as_bytes(), 0).next()?;
-                return Err(wrong(&field(k), "map", &found));
-            }
+        // The root node is a map, or a bare leaf index when the whole tree is one array.
+        if let Some(v) = tree.filter(|v| !v.is_map() && !v.is_uint()) {
+            let found = Cursor::at(v.as_bytes(), 0).next()?;
+            return Err(wrong(&field(5), "map or leaf index", &found));
+        }
+        if let Some(v) = writer.filter(|v| !v.is_map()) {
+            let found = Cursor::at(v.as_bytes(), 0).next()?;
+            return Err(wrong(&field(7), "map", &found));
         }
         Ok(Header {
             version: VERSION,
@@ -640,8 +643,12 @@ mod tests {
         assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
         let v = with_leaf(good_header(), 0, "kind", Value::from("torch"));
         assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
-        let v = with_root(good_header(), "tree", Value::from(1));
+        let v = with_root(good_header(), "tree", Value::from("x"));
         assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
+        let v = with_root(good_header(), "tree", Value::from(-1));
+        assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
+        let v = with_root(good_header(), "tree", Value::from(0));
+        assert!(Header::decode(&enc(&v)).is_ok());
         assert_eq!(
             Header::decode(&enc(&Value::from(1))).unwrap_err().kind(),
             "HeaderError"

@@ -32,6 +32,11 @@ impl<'a> RawValue<'a> {
         matches!(self.bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
     }
 
+    /// Whether the value is a non-negative integer (positive fixint or uint 8/16/32/64).
+    pub fn is_uint(&self) -> bool {
+        matches!(self.bytes.first(), Some(0x00..=0x7f | 0xcc..=0xcf))
+    }
+
     /// Decodes the value into an owned `rmpv::Value`.
     pub fn decode(&self) -> Result<Value> {
         let mut rd = self.bytes;
