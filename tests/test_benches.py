@@ -19,7 +19,13 @@ def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a benches/ script as a user would: from the repo root, without the tests' XLA flags."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -27,7 +33,9 @@ def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 def quick_report(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The markdown of one quick comparison run (about a minute on 2 cores)."""
     out = tmp_path_factory.mktemp("bench") / "quick.md"
-    done = run_script("benches/compare.py", "--quick", "--repeat", "1", "--out", str(out), timeout=400)
+    done = run_script(
+        "benches/compare.py", "--quick", "--repeat", "1", "--out", str(out), timeout=400
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out.read_text()
 
@@ -40,7 +48,9 @@ def tables(report: str) -> dict[str, list[list[str]]]:
         if line.startswith("## "):
             current = line[3:].split(":")[0]
         elif current and line.startswith("| ") and not line.startswith("|---"):
-            found.setdefault(current, []).append([c.strip() for c in line.strip().strip("|").split(" | ")])
+            found.setdefault(current, []).append(
+                [c.strip() for c in line.strip().strip("|").split(" | ")]
+            )
     return found
 
 
@@ -51,7 +61,12 @@ def test_every_workload_has_a_table(quick_report: str) -> None:
         header, *rows = found[name]
         assert header[:2] == ["operation", "eqx_msg"]
         labels = [row[0] for row in rows]
-        assert {"dumps -> bytes", "load -> jax arrays", "open + fetch one leaf", "file size"} <= set(labels)
+        assert {
+            "dumps -> bytes",
+            "load -> jax arrays",
+            "open + fetch one leaf",
+            "file size",
+        } <= set(labels)
 
 
 def test_eqx_msg_never_fails_or_is_wrong(quick_report: str) -> None:

@@ -45,6 +45,23 @@ def test_inspect_command(tmp_path):
     assert result.returncode == 1 and "MagicError" in result.stderr
 
 
+def _print_header(path: pathlib.Path) -> subprocess.CompletedProcess:
+    """Run the pure-Rust example that prints a file's header as JSON."""
+    command = [
+        "cargo",
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "eqx_msg_core",
+        "--example",
+        "print_header",
+    ]
+    return subprocess.run(
+        [*command, "--", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+
+
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo")
 def test_rust_example_prints_a_python_written_header(tmp_path):
     path = tmp_path / "rust.eqx"
@@ -54,24 +71,7 @@ def test_rust_example_prints_a_python_written_header(tmp_path):
         "i4": jnp.arange(3, dtype=jnp.int4),
     }
     eqx_msg.save(path, tree, metadata={"who": "python"})
-    result = subprocess.run(
-        [
-            "cargo",
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "eqx_msg_core",
-            "--example",
-            "print_header",
-            "--",
-            str(path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = _print_header(path)
     assert result.returncode == 0, result.stderr
     header = json.loads(result.stdout)
     assert header["format"] == "eqx_msg" and header["metadata"] == {"who": "python"}
@@ -81,22 +81,5 @@ def test_rust_example_prints_a_python_written_header(tmp_path):
     assert paths["['i4']"]["nbytes"] == 2
     bad = tmp_path / "bad.eqx"
     bad.write_bytes(path.read_bytes()[:-1])
-    result = subprocess.run(
-        [
-            "cargo",
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "eqx_msg_core",
-            "--example",
-            "print_header",
-            "--",
-            str(bad),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 1 and result.stderr.strip()
+    result = _print_header(bad)
+    assert result.returncode == 1 and "EqxMsg" not in result.stdout and result.stderr.strip()
