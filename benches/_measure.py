@@ -70,15 +70,15 @@ SLOW = 5.0  # seconds: a first run slower than this is the cell's only run
 BUDGET = 4.0  # seconds: timed runs of one cell stop once they would exceed this (but at least one)
 
 
-def runs_for(first: float, repeat: int) -> int:
+def runs_for(first: float, repeat: int, least: int = 1) -> int:
     """How many timed runs a cell gets after its first run took `first` seconds (0: report the first).
 
     A first run of a few seconds may hold one-time costs (a compile per shape, say), so it is
-    followed by one timed run; only very slow first runs stand alone.
+    followed by at least `least` timed runs; only very slow first runs stand alone.
     """
     if first > SLOW:
         return 0
-    return max(1, min(repeat, int(BUDGET / max(first, 1e-9))))
+    return min(repeat, max(least, int(BUDGET / max(first, 1e-9))))
 
 
 def timed(
@@ -89,6 +89,7 @@ def timed(
     check: Callable[[Any], str | None] | None = None,
     block: bool = False,
     keep_first: bool = False,
+    least: int = 1,
 ) -> tuple[Cell, Any]:
     """Median of up to `repeat` runs after one warm-up whose result is checked (and returned if asked).
 
@@ -107,7 +108,7 @@ def timed(
     kept = first if keep_first else None
     del first
     times = []
-    for _ in range(runs_for(first_seconds, repeat)):
+    for _ in range(runs_for(first_seconds, repeat, least)):
         if setup:
             setup()
         gc.collect()
@@ -224,8 +225,8 @@ def limits(work: Workload, directory: str, repeat: int) -> dict[str, float]:
     host = [np.array(jax.random.key_data(x) if is_key(x) else x) for x in work.leaves]
     ops: dict[str, tuple[Callable[[], Any], Callable[[], None] | None]] = {
         "memcpy": (lambda: np.copyto(dst, src), None),
-        "write": (lambda: _write(path, src, False), lambda: fresh(path)),
-        "write+fsync": (lambda: _write(path, src, True), lambda: fresh(path)),
+        "os.write": (lambda: _write(path, src, False), lambda: fresh(path)),
+        "os.write+fsync": (lambda: _write(path, src, True), lambda: fresh(path)),
         "readinto": (lambda: _read_into(path, dst), lambda: None if os.path.exists(path) else _write(path, src, False)),
         "device_put(list)": (lambda: jax.device_put(host), None),
     }

@@ -225,7 +225,7 @@ def w4(model_mib: float, abstract: bool = False) -> Workload:
     state = (skeleton[0]._replace(count=jnp.asarray(7, jnp.int32), mu=mu, nu=nu), *skeleton[1:])
     model = mu
     key = f"[0].mu.blocks[{len(model.blocks) // 2}].up.weight"
-    title = f"W4: optax adam state for a {model_mib:g} MiB W1 model (mu + nu = {2 * model_mib:g} MiB)"
+    title = f"W4: optax adam state (count, mu, nu) for a {model_mib:g} MiB W1-like model"
     return Workload("W4", title, state, key)
 
 
@@ -243,7 +243,7 @@ class Sizes:
     def of(cls, quick: bool, size_mib: float | None, w4_mib: float | None = None) -> Sizes:
         """Quick sizes (whole run < 60 s) or full ones; `size_mib` overrides W1's size."""
         w1_mib = size_mib or (4 if quick else 1024)
-        w4_default = min(w1_mib, 4 if quick else 512)
+        w4_default = min(w1_mib, 4 if quick else 256)  # scaled: W1's own model would be a ~2 GiB state
         return cls(w1_mib, 5 if quick else 100, 100, 64 if quick else 4096, w4_mib or w4_default)
 
 

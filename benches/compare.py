@@ -57,8 +57,8 @@ GB = 1e9
 OPS: list[tuple[str, str, str | None, bool]] = [
     ("dumps", "dumps -> bytes", "memcpy", True),
     ("loads", "loads <- bytes", "memcpy", True),
-    ("save", "save (no fsync)", "write", True),
-    ("save_fsync", "save + fsync", "write+fsync", True),
+    ("save", "save (no fsync)", "os.write", True),
+    ("save_fsync", "save + fsync", "os.write+fsync", True),
     ("load_numpy", "load -> numpy", "readinto", True),
     ("load_jax", "load -> jax arrays", "readinto", True),
     ("open_one", "open + fetch one leaf", None, True),
@@ -69,6 +69,7 @@ OPS: list[tuple[str, str, str | None, bool]] = [
 ]
 
 FIGURE_ROWS = {"size", "rss_save", "rss_load"}  # rows of sizes, not times
+SAVE_RUNS = 3  # writes on a VM disk vary run to run: saves get at least this many timed runs
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Result:
     one_key: str
     one_nbytes: int
     limits: dict[str, float]
+    note: str = ""
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # system -> op -> cell
 
 
@@ -95,8 +97,8 @@ def log(message: str) -> None:
 def save_cells(system: System, work: Workload, path: str, repeat: int) -> tuple[Cell, Cell]:
     """(save without fsync, save with fsync): eqx_msg times both calls; peers time save, then fsync."""
     if system.fsyncs:
-        plain, _ = timed(lambda: system.save(work, path), repeat, setup=lambda: fresh(path))
-        durable, _ = timed(lambda: system.save_durable(work, path), repeat, setup=lambda: fresh(path))
+        plain, _ = timed(lambda: system.save(work, path), repeat, setup=lambda: fresh(path), least=SAVE_RUNS)
+        durable, _ = timed(lambda: system.save_durable(work, path), repeat, setup=lambda: fresh(path), least=SAVE_RUNS)
         return plain, durable
     try:
         fresh(path)
@@ -110,7 +112,7 @@ def save_cells(system: System, work: Workload, path: str, repeat: int) -> tuple[
     except Exception as err:
         return Cell(status="fails", detail=short(err)), Cell(status="fails", detail=short(err))
     saves, totals = [], []
-    for _ in range(runs_for(first, repeat)):
+    for _ in range(runs_for(first, repeat, SAVE_RUNS)):
         fresh(path)
         gc.collect()
         start = time.perf_counter()
@@ -220,9 +222,11 @@ def bench_workload(
     try:
         log(f"{work.name}: {work.nbytes / 2**20:,.1f} MiB in {len(work.leaves):,} leaves: limits")
         _ = work.abstract, work.numpy_skeleton, work.flat  # skeletons: outside every timing
+        gc.collect()
+        gc.freeze()  # the workload's objects are permanent: each run's gc.collect() skips them
         result = Result(
             work.title, work.nbytes, len(work.leaves), work.one_key, int(work.one_leaf().nbytes),
-            limits(work, directory, repeat),
+            limits(work, directory, repeat), work.note,
         )  # fmt: skip
         for system in systems:
             start = time.perf_counter()
@@ -230,6 +234,7 @@ def bench_workload(
             log(f"{work.name}: {system.name} done in {time.perf_counter() - start:.1f} s")
         return result
     finally:
+        gc.unfreeze()
         remove(directory)
 
 
@@ -421,8 +426,9 @@ def report(results: dict[str, Result], names: list[str], args: argparse.Namespac
         *machine(),
         "",
         "Cells: median time, GB/s of the workload's array bytes, and the speed relative to the physical "
-        "limit named on the row's left (memcpy for bytes in memory, os.write for saves, readinto for "
-        "loads; 1.00x = as fast as the limit, above 1 = less work than the limit, e.g. zero-copy). "
+        "limit of the row's kind (memcpy for dumps/loads, os.write (+ fsync) for saves, readinto for "
+        "loads from files; 1.00x = as fast as the limit, above 1 = less work than the limit, e.g. "
+        "zero-copy). "
         "The last column is best peer / eqx_msg (> 1: eqx_msg is faster or smaller). Files are read "
         "from a warm page cache. `wrong result` means the loaded tree was not bit-exact (dtype, shape, "
         "bytes, PRNG key data, tree structure, leaf kind). Slow cells are timed fewer times to keep the "
@@ -435,7 +441,7 @@ def report(results: dict[str, Result], names: list[str], args: argparse.Namespac
             f"## {result.work_title}",
             "",
             f"{result.nbytes / 2**20:,.1f} MiB in {result.leaves:,} leaves; one leaf = `{result.one_key}` "
-            f"({result.one_nbytes / 2**20:,.2f} MiB).",
+            f"({result.one_nbytes / 2**20:,.2f} MiB). {result.note}",
             "",
             table(result, names, args.repeat),
             "",
@@ -448,7 +454,11 @@ def report(results: dict[str, Result], names: list[str], args: argparse.Namespac
 
 NOTES = [
     "- Peers' `save + fsync` is their save followed by an fsync of the file (every file and directory "
-    "for orbax), timed together in the same run as the `save (no fsync)` figure.",
+    "for orbax), timed together in the same run as the `save (no fsync)` figure. Before every timed "
+    "save the old file is deleted and `os.sync()` flushes all dirty pages (outside the timing). Writes "
+    "on a virtual disk (here ext4 mounted with `discard`) still vary 2x or more from run to run, so "
+    "save rows within ~1.5x of each other are a tie; they get at least "
+    f"{SAVE_RUNS} timed runs unless the first took over {SLOW:.0f} s.",
     "- `load -> numpy` of jax-leaf trees: eqx_msg, pickle and orbax give their saved kind and convert "
     "leaves with `np.asarray` (zero-copy on the CPU). `load -> jax`: formats that give numpy put the "
     "leaves on the device with one `jax.device_put` of the tree, inside the timing.",
@@ -469,7 +479,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workloads (whole run < 60 s)")
     parser.add_argument("--size-mib", type=float, help="W1's size in MiB (default 1024; 4 with --quick)")
-    parser.add_argument("--w4-mib", type=float, help="the model size W4's adam state is for (default min(W1, 512))")
+    parser.add_argument("--w4-mib", type=float, help="the model size W4's adam state is for (default min(W1, 256): scaled to keep the run < 15 min)")
     parser.add_argument("--repeat", type=int, help="timed runs per cell, after 1 warm-up (default 5; 1 with --quick)")
     parser.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS) + " (W2 = both W2s)")
     parser.add_argument("--systems", help="comma-separated system names (eqx_msg always included)")
@@ -495,6 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Result] = {}
     for name in wanted:
         work = build(name, sizes)
+        if name == "W4" and sizes.w4_model_mib < sizes.w1_mib:
+            work.note = (
+                f"**Scaled**: the state of a {sizes.w4_model_mib:g} MiB model, not of W1's "
+                f"{sizes.w1_mib:g} MiB one (whose state would be ~{2 * sizes.w1_mib / 1024:.0f} GiB), to keep "
+                "the whole run under 15 minutes on 2 cores (`--w4-mib` to change)."
+            )
         rss = args.rss == "all" or name in args.rss.split(",")
         results[name] = bench_workload(work, systems, sizes, args.repeat, rss)
         del work

@@ -11,7 +11,7 @@ with eqx_msg.open("model.eqx") as reader:    # lazy: one leaf, a slice, a subtre
 
 from typing import Any
 
-from ._codec import as_bytes_array, dumps, loads, read_header
+from ._codec import as_bytes_array, dumps, loads, read_header, validate_header
 from ._core import VERSION as FORMAT_VERSION
 from ._core import __version__
 from ._errors import (
@@ -41,7 +41,7 @@ def header(data: Any) -> Header:
         with open(data) as reader:
             return reader.header
     raw, _ = read_header(as_bytes_array(data))
-    return Header.model_validate(raw)
+    return validate_header(raw)
 
 
 __all__ = [

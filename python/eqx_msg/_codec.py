@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _core, _leaves, _place, _registry, _static, _tree
 from ._errors import HeaderError, StructureMismatchError, UnserialisableError
-from ._header import FORMAT_NAME
+from ._header import FORMAT_NAME, Header
 
 WRITER = {
     "eqx_msg": _core.__version__,
@@ -106,6 +106,12 @@ def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
     except (ValueError, TypeError, msgpack.ExtraData) as err:  # pragma: no cover - Rust checked it
         raise HeaderError(f"header at byte {_core.PREFIX_LEN}: {err}") from None
     return header, data_start
+
+
+def validate_header(raw: dict[str, Any]) -> Header:
+    """The pydantic `Header` of a decoded header dict (its byte layout already checked by Rust)."""
+    with gc_paused():  # 10k leaf models: collections would cost more than the validation
+        return Header.model_validate(raw)
 
 
 def rebuild(

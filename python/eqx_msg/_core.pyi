@@ -6,6 +6,7 @@ message saying what is wrong and where. Long-running work runs with the GIL rele
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,9 @@ def layout(nbytes: Sequence[int], alignment: int) -> tuple[list[int], int]:
 
 def inspect(buf: npt.NDArray[np.uint8]) -> tuple[int, int]:
     """Validate a whole file (prefix, header, exact length); return `(header_len, data_start)`."""
+
+def find_leaf(buf: npt.NDArray[np.uint8], path: str) -> dict[str, Any] | None:
+    """Validate a whole file; return the record (plus its `index`) of the leaf at `path`, or None."""
 
 def check_header(header: bytes) -> tuple[int, int]:
     """Decode and validate an encoded header alone; return `(alignment, data_nbytes)`."""

@@ -200,16 +200,29 @@ class Reader:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.path = os.fspath(path)
         self._buf = _codec.as_bytes_array(self._map)
-        self._raw, self._data_start = _codec.read_header(self._buf)
-        self._records: list[dict[str, Any]] = self._raw["leaves"]
-        self._index = {r["path"]: i for i, r in enumerate(self._records)}
+        # Validates the whole file in Rust; the header is decoded in Python only when first needed,
+        # so opening and fetching one leaf never pays for decoding every record.
+        _, self._data_start = _core.inspect(self._buf)
+        self._decoded: dict[str, Any] | None = None
+        self._index: dict[str, int] = {}
         self._header: Header | None = None
+
+    @property
+    def _raw(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded, _ = _codec.read_header(self._buf)
+            self._index = {r["path"]: i for i, r in enumerate(self._decoded["leaves"])}
+        return self._decoded
+
+    @property
+    def _records(self) -> list[dict[str, Any]]:
+        return self._raw["leaves"]
 
     @property
     def header(self) -> Header:
         """The validated header model."""
         if self._header is None:
-            self._header = Header.model_validate(self._raw)
+            self._header = _codec.validate_header(self._raw)
         return self._header
 
     @property
@@ -219,16 +232,16 @@ class Reader:
 
     def keys(self) -> list[str]:
         """The key paths of the array leaves, in file order."""
-        return list(self._index)
+        return [r["path"] for r in self._records]
 
     def __contains__(self, key: object) -> bool:
-        return key in self._index
+        return isinstance(key, str) and self._find(key) is not None
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
+        return iter(self.keys())
 
     def __getitem__(self, key: str) -> np.ndarray:
         """A leaf's data as a read-only numpy view into the map (key data for PRNG keys)."""
@@ -239,8 +252,9 @@ class Reader:
 
     def get(self, key: str, device: Any = None, sharding: Any = None) -> Any:
         """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""
-        index = self._index_of(key)
-        record = self._records[index]
+        record = self._record(key)
+        if sharding == "saved" and "index" in record:  # Rust's record lacks the sharding entry
+            record = self._records[record["index"]]
         shardings = _place.resolve_shardings(
             sharding, [record], lambda _: _leaves.abstract_leaf(record)
         )
@@ -287,18 +301,22 @@ class Reader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _index_of(self, key: str) -> int:
-        try:
-            return self._index[key]
-        except KeyError:
-            close = [k for k in self._index if key in k or k in key][:5]
+    def _find(self, key: str) -> dict[str, Any] | None:
+        """The record at key path `key`: from the decoded header, or looked up by Rust if not yet."""
+        if self._decoded is not None:
+            index = self._index.get(key)
+            return None if index is None else self._decoded["leaves"][index]
+        return _core.find_leaf(self._buf, key)  # no sharding record: `get` decodes for "saved"
+
+    def _record(self, key: str) -> dict[str, Any]:
+        record = self._find(key)
+        if record is None:
+            close = [k for k in self.keys() if key in k or k in key][:5]
             raise KeyPathError(
                 f"{key!r} is not a key path in {self.path}"
                 + (f"; did you mean {close}?" if close else "")
-            ) from None
-
-    def _record(self, key: str) -> dict[str, Any]:
-        return self._records[self._index_of(key)]
+            )
+        return record
 
 
 class _Slice:

@@ -9,7 +9,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::frame::{data_start, parse_prefix, PREFIX_LEN};
-use crate::header::Header;
+use crate::header::{Header, LeafSpec};
 
 /// A validated eqx_msg file: its header and zero-copy access to every leaf's bytes.
 #[derive(Debug)]
@@ -86,6 +86,15 @@ impl<'a> Reader<'a> {
     /// The whole file.
     pub fn bytes(&self) -> &'a [u8] {
         self.buf
+    }
+
+    /// The index and record of the leaf whose key path is `path`, if any (a linear scan).
+    pub fn find(&self, path: &str) -> Option<(usize, &LeafSpec)> {
+        self.header
+            .leaves
+            .iter()
+            .enumerate()
+            .find(|(_, leaf)| leaf.path == path)
     }
 
     /// The stored bytes of leaf `i`, or `None` for an abstract leaf or an index out of range.

@@ -13,7 +13,7 @@ use numpy::{PyArrayDescrMethods, PyReadonlyArray1, PyUntypedArray, PyUntypedArra
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 /// Raises `eqx_msg._errors.<kind>(message)` (a `ValueError` naming the kind if that fails).
 fn raise(kind: &str, message: String) -> PyErr {
@@ -131,6 +131,38 @@ fn inspect(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<(usize, us
         .map_err(py_err)
 }
 
+/// Validates a whole file and returns the record of the leaf at key path `path` (None if absent).
+///
+/// Lets a reader fetch one leaf without decoding the whole header in Python.
+#[pyfunction]
+fn find_leaf<'py>(
+    py: Python<'py>,
+    buf: PyReadonlyArray1<'_, u8>,
+    path: &str,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let bytes = u8_slice(&buf, "the file buffer")?;
+    let found = py
+        .detach(|| {
+            let reader = Reader::new(bytes)?;
+            Ok::<_, Error>(reader.find(path).map(|(i, leaf)| (i, leaf.clone())))
+        })
+        .map_err(py_err)?;
+    let Some((index, leaf)) = found else {
+        return Ok(None);
+    };
+    let record = PyDict::new(py);
+    record.set_item("index", index)?;
+    record.set_item("path", &leaf.path)?;
+    record.set_item("kind", leaf.kind.name())?;
+    record.set_item("dtype", &leaf.dtype)?;
+    record.set_item("shape", &leaf.shape)?;
+    record.set_item("offset", leaf.offset)?;
+    record.set_item("nbytes", leaf.nbytes)?;
+    record.set_item("weak_type", leaf.weak_type)?;
+    record.set_item("key_impl", &leaf.key_impl)?;
+    Ok(Some(record))
+}
+
 /// Decodes and validates a header alone; returns `(alignment, data_nbytes)`.
 #[pyfunction]
 fn check_header(py: Python<'_>, header: &[u8]) -> PyResult<(u64, u64)> {
@@ -217,6 +249,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage_nbytes, m)?)?;
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(find_leaf, m)?)?;
     m.add_function(wrap_pyfunction!(check_header, m)?)?;
     m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(assemble, m)?)?;
