@@ -225,3 +225,18 @@ def test_save_peak_memory_is_bounded(tmp_path):
     extra_mib, size_mib = map(int, result.stdout.split())
     assert size_mib >= 2048
     assert extra_mib < 300, f"saving 2 GiB took {extra_mib} MiB of extra anonymous memory"
+
+
+def test_reader_fetches_one_leaf_without_decoding_the_header(tmp_path):
+    path = tmp_path / "lazy.eqx"
+    tree = {"a": np.arange(6, dtype=np.int16).reshape(2, 3), "k": jax.random.key(5), "s": 1}
+    eqx_msg.save(path, tree)
+    with eqx_msg.open(path) as reader:
+        np.testing.assert_array_equal(reader["['a']"], tree["a"])
+        assert "['k']" in reader and "['zz']" not in reader
+        key = reader.get("['k']")
+        assert jax.random.key_impl(key) == jax.random.key_impl(tree["k"])
+        assert reader._decoded is None  # nothing above needed the Python-side header
+        with pytest.raises(eqx_msg.KeyPathError, match="zz"):
+            reader["['zz']"]
+        assert reader.keys() == ["['a']", "['k']"]
