@@ -142,10 +142,18 @@ def leaf_problem(want: Any, got: Any, kind: str) -> str | None:
             return f"PRNG key lost (got {getattr(got, 'dtype', type(got).__name__)})"
         if got.dtype != want.dtype:
             return f"key impl {want.dtype} -> {got.dtype}"
-        return None if _bytes_equal(jax.random.key_data(want), jax.random.key_data(got)) else "key data differs"
+        return (
+            None
+            if _bytes_equal(jax.random.key_data(want), jax.random.key_data(got))
+            else "key data differs"
+        )
     if not hasattr(got, "dtype") or not hasattr(got, "shape"):
         return f"{type(got).__name__}, not an array"
-    expected = {"numpy": np.ndarray, "jax": jax.Array, "same": type(want) if isinstance(want, np.ndarray) else jax.Array}
+    expected = {
+        "numpy": np.ndarray,
+        "jax": jax.Array,
+        "same": type(want) if isinstance(want, np.ndarray) else jax.Array,
+    }
     if kind in expected and not isinstance(got, expected[kind]):
         return f"{type(got).__name__} leaf, not {expected[kind].__name__}"
     if np.dtype(got.dtype) != np.dtype(want.dtype):
@@ -227,7 +235,10 @@ def limits(work: Workload, directory: str, repeat: int) -> dict[str, float]:
         "memcpy": (lambda: np.copyto(dst, src), None),
         "os.write": (lambda: _write(path, src, False), lambda: fresh(path)),
         "os.write+fsync": (lambda: _write(path, src, True), lambda: fresh(path)),
-        "readinto": (lambda: _read_into(path, dst), lambda: None if os.path.exists(path) else _write(path, src, False)),
+        "readinto": (
+            lambda: _read_into(path, dst),
+            lambda: None if os.path.exists(path) else _write(path, src, False),
+        ),
         "device_put(list)": (lambda: jax.device_put(host), None),
     }
     out = {}
@@ -241,5 +252,7 @@ def limits(work: Workload, directory: str, repeat: int) -> dict[str, float]:
 def size_on_disk(path: str) -> int:
     """Bytes of a file, or of every file under a checkpoint directory."""
     if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
+        return sum(
+            os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files
+        )
     return os.path.getsize(path)

@@ -51,7 +51,11 @@ def main() -> None:
     work = _workloads.build(args.workload, sizes, abstract=args.op == "load")
     system = _systems.make(args.system)
     if args.op == "load":
-        _ = work.abstract, work.numpy_skeleton, work.flat  # skeletons are built outside, as when timing
+        _ = (
+            work.abstract,
+            work.numpy_skeleton,
+            work.flat,
+        )  # skeletons are built outside, as when timing
     before = _status("VmRSS")
     exact = _reset_peak()
     if args.op == "save":

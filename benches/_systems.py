@@ -42,7 +42,9 @@ def to_jax(tree: Any) -> Any:
 
 def to_numpy(tree: Any) -> Any:
     """Every jax leaf as a numpy array (zero-copy on the CPU); typed PRNG keys stay keys."""
-    return jax.tree.map(lambda x: x if is_key(x) or not isinstance(x, jax.Array) else np.asarray(x), tree)
+    return jax.tree.map(
+        lambda x: x if is_key(x) or not isinstance(x, jax.Array) else np.asarray(x), tree
+    )
 
 
 def state_dict(work: Workload) -> dict[str, Any]:
@@ -78,7 +80,9 @@ class System:
 
     name: ClassVar[str]
     suffix: ClassVar[str] = ".bin"
-    fsyncs: ClassVar[bool] = False  # whether `save_durable` exists (else: save, then an explicit fsync)
+    fsyncs: ClassVar[bool] = (
+        False  # whether `save_durable` exists (else: save, then an explicit fsync)
+    )
     note: ClassVar[str] = ""
 
     def dumps(self, work: Workload) -> bytes:
@@ -262,7 +266,9 @@ class EqxLeaves(System):
         return work.numpy_skeleton if numpy else work.abstract
 
     def loads(self, data: bytes, work: Workload) -> Any:
-        return self.eqx.tree_deserialise_leaves(io.BytesIO(data), self._skeleton(work, work.numpy_leaves))
+        return self.eqx.tree_deserialise_leaves(
+            io.BytesIO(data), self._skeleton(work, work.numpy_leaves)
+        )
 
     def save(self, work: Workload, path: str) -> None:
         self.eqx.tree_serialise_leaves(path, work.tree)
@@ -354,7 +360,11 @@ class Npz(System):
             for name in zf.namelist():
                 with zf.open(name) as f:
                     version = fmt.read_magic(f)
-                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    read = (
+                        fmt.read_array_header_1_0
+                        if version == (1, 0)
+                        else fmt.read_array_header_2_0
+                    )
                     shape, _, dtype = read(f)
                 out.append((name.removesuffix(".npy"), shape, str(dtype)))
         return out
@@ -401,7 +411,15 @@ class Orbax(System):
         return [(jtu.keystr(p), tuple(m.shape), str(m.dtype)) for p, m in flat]
 
 
-SYSTEMS: tuple[type[System], ...] = (EqxMsg, Safetensors, FlaxMsgpack, EqxLeaves, Pickle, Npz, Orbax)
+SYSTEMS: tuple[type[System], ...] = (
+    EqxMsg,
+    Safetensors,
+    FlaxMsgpack,
+    EqxLeaves,
+    Pickle,
+    Npz,
+    Orbax,
+)
 
 
 class Unavailable(System):
@@ -412,7 +430,16 @@ class Unavailable(System):
         self.reason = reason
 
     def __getattribute__(self, attr: str) -> Any:
-        if attr in ("dumps", "loads", "save", "save_durable", "load_numpy", "load_jax", "open_one", "header_only"):
+        if attr in (
+            "dumps",
+            "loads",
+            "save",
+            "save_durable",
+            "load_numpy",
+            "load_jax",
+            "open_one",
+            "header_only",
+        ):
             raise RuntimeError(object.__getattribute__(self, "reason"))
         return object.__getattribute__(self, attr)
 

@@ -104,7 +104,9 @@ class Workload:
     def numpy_skeleton(self) -> Any:
         """The tree with lazily zeroed numpy leaves (typed PRNG keys stay abstract)."""
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if is_key(x) else np.zeros(x.shape, x.dtype),
+            lambda x: (
+                jax.ShapeDtypeStruct(x.shape, x.dtype) if is_key(x) else np.zeros(x.shape, x.dtype)
+            ),
             self.tree,
         )
 
@@ -151,7 +153,9 @@ def transformer_width(size_mib: float, blocks: int = 8) -> int:
     return max(32, round(math.sqrt(params / (12 * blocks + 4)) / 32) * 32)
 
 
-def transformer(size_mib: float, seed: int = SEED, blocks: int = 8, abstract: bool = False) -> Transformer:
+def transformer(
+    size_mib: float, seed: int = SEED, blocks: int = 8, abstract: bool = False
+) -> Transformer:
     """A transformer-like Module of about `size_mib` MiB of float32 in 10 leaves a block + 3."""
     d = transformer_width(size_mib, blocks)
     rng = None if abstract else np.random.default_rng(seed)
@@ -181,7 +185,10 @@ def w2(groups: int, per_group: int, numpy_leaves: bool, seed: int = SEED) -> Wor
 
     half = per_group // 2
     tree: Any = [
-        {"named": {f"p{j:03d}": array() for j in range(half)}, "listed": [array() for _ in range(half)]}
+        {
+            "named": {f"p{j:03d}": array() for j in range(half)},
+            "listed": [array() for _ in range(half)],
+        }
         for _ in range(groups)
     ]
     if not numpy_leaves:
@@ -189,8 +196,12 @@ def w2(groups: int, per_group: int, numpy_leaves: bool, seed: int = SEED) -> Wor
         tree = jtu.tree_unflatten(treedef, jax.device_put(leaves))
     kind = "numpy" if numpy_leaves else "jax"
     name = "W2-np" if numpy_leaves else "W2-jax"
-    title = f"{name}: {groups * per_group:,} small {kind} leaves (16-256 float32) in dicts and lists"
-    return Workload(name, title, tree, f"[{groups // 2}]['listed'][{half // 2}]", numpy_leaves=numpy_leaves)
+    title = (
+        f"{name}: {groups * per_group:,} small {kind} leaves (16-256 float32) in dicts and lists"
+    )
+    return Workload(
+        name, title, tree, f"[{groups // 2}]['listed'][{half // 2}]", numpy_leaves=numpy_leaves
+    )
 
 
 def w3(rows: int) -> Workload:
@@ -243,7 +254,9 @@ class Sizes:
     def of(cls, quick: bool, size_mib: float | None, w4_mib: float | None = None) -> Sizes:
         """Quick sizes (whole run < 60 s) or full ones; `size_mib` overrides W1's size."""
         w1_mib = size_mib or (4 if quick else 1024)
-        w4_default = min(w1_mib, 4 if quick else 256)  # scaled: W1's own model would be a ~2 GiB state
+        w4_default = min(
+            w1_mib, 4 if quick else 256
+        )  # scaled: W1's own model would be a ~2 GiB state
         return cls(w1_mib, 5 if quick else 100, 100, 64 if quick else 4096, w4_mib or w4_default)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -25,7 +26,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -97,8 +97,15 @@ def log(message: str) -> None:
 def save_cells(system: System, work: Workload, path: str, repeat: int) -> tuple[Cell, Cell]:
     """(save without fsync, save with fsync): eqx_msg times both calls; peers time save, then fsync."""
     if system.fsyncs:
-        plain, _ = timed(lambda: system.save(work, path), repeat, setup=lambda: fresh(path), least=SAVE_RUNS)
-        durable, _ = timed(lambda: system.save_durable(work, path), repeat, setup=lambda: fresh(path), least=SAVE_RUNS)
+        plain, _ = timed(
+            lambda: system.save(work, path), repeat, setup=lambda: fresh(path), least=SAVE_RUNS
+        )
+        durable, _ = timed(
+            lambda: system.save_durable(work, path),
+            repeat,
+            setup=lambda: fresh(path),
+            least=SAVE_RUNS,
+        )
         return plain, durable
     try:
         fresh(path)
@@ -123,7 +130,9 @@ def save_cells(system: System, work: Workload, path: str, repeat: int) -> tuple[
         totals.append(time.perf_counter() - start)
     if not saves:
         return Cell(first_save, runs=0), Cell(first, runs=0)
-    return Cell(statistics.median(saves), runs=len(saves)), Cell(statistics.median(totals), runs=len(saves))
+    return Cell(statistics.median(saves), runs=len(saves)), Cell(
+        statistics.median(totals), runs=len(saves)
+    )
 
 
 def file_cells(system: System, work: Workload, path: str, repeat: int) -> dict[str, Cell]:
@@ -199,8 +208,13 @@ def bench_system(
     if saved:
         cells.update(file_cells(system, work, path, repeat))
     else:
-        failed = Cell(status=cells["save"].status if cells["save"].status != "ok" else "fails", detail="no file: save failed")
-        cells.update({op: failed for op in ("load_numpy", "load_jax", "open_one", "header", "size")})
+        failed = Cell(
+            status=cells["save"].status if cells["save"].status != "ok" else "fails",
+            detail="no file: save failed",
+        )
+        cells.update(
+            {op: failed for op in ("load_numpy", "load_jax", "open_one", "header", "size")}
+        )
     if rss and saved:
         cells["rss_load"] = rss_cell(system, work, sizes, "load", path)
         save_path = os.path.join(directory, "rss" + system.suffix)
@@ -208,7 +222,9 @@ def bench_system(
         remove(save_path)
     else:
         reason = "not measured (see --rss)" if not rss else "no file: save failed"
-        cells["rss_load"] = cells["rss_save"] = Cell(status="n/a" if not rss else "fails", detail=reason)
+        cells["rss_load"] = cells["rss_save"] = Cell(
+            status="n/a" if not rss else "fails", detail=reason
+        )
     remove(path)
     system.cleanup()
     return cells
@@ -282,21 +298,21 @@ def cell_figure(cell: Cell) -> float | None:
 
 
 def versus_best(cells: dict[str, Cell]) -> tuple[str, float | None, str | None]:
-    """(text, ratio best-peer/eqx_msg, best peer) for one row; ratio > 1 means eqx_msg is better."""
+    """(text, ratio eqx_msg/best peer, best peer) for one row; ratio < 1 means eqx_msg is better."""
     mine = cell_figure(cells["eqx_msg"]) if "eqx_msg" in cells else None
     peers = {n: cell_figure(c) for n, c in cells.items() if n != "eqx_msg"}
     peers = {n: f for n, f in peers.items() if f is not None}
     if mine is None or not peers:
         return ("no peer" if mine is not None else "-"), None, None
     best = min(peers, key=lambda n: peers[n])
-    ratio = peers[best] / mine if mine > 0 else float("inf")
-    return f"{ratio:.2f}x ({best})", ratio, best
+    ratio = mine / peers[best] if peers[best] > 0 else float("inf")
+    return f"{ratio:.3g}x ({best})", ratio, best
 
 
 def table(result: Result, names: list[str], repeat: int) -> str:
     """The markdown table of one workload."""
     lines = [
-        "| operation | " + " | ".join(names) + " | best peer / eqx_msg |",
+        "| operation | " + " | ".join(names) + " | eqx_msg / best peer |",
         "|---" * (len(names) + 2) + "|",
     ]
     for op, label, limit_name, gbps in OPS:
@@ -329,53 +345,96 @@ def rss_remark(result: Result) -> str:
 # ---- targets -------------------------------------------------------------------------------------
 
 
-def _seconds(results: dict[str, Result], work: str, system: str, op: str) -> float | None:
+Target = tuple[str, str, bool | None]
+
+
+def _seconds(results: dict[str, Result], work: str, *, system: str, op: str) -> float | None:
+    """A usable cell's median seconds, or None."""
     result = results.get(work)
     cell = result.cells.get(system, {}).get(op) if result else None
     return cell.seconds if cell is not None and cell.usable else None
 
 
-def targets(results: dict[str, Result]) -> list[tuple[str, str, bool | None]]:
+def _ratio_target(name: str, faster: float | None, slower: float | None, goal: float) -> Target:
+    """A target that `faster` seconds beat `slower` seconds by at least `goal` times."""
+    if not faster or not slower:
+        return name, "not measured", None
+    ratio = slower / faster
+    return name, f"{ratio:.2f}x ({fmt_time(faster)} vs {fmt_time(slower)})", ratio >= goal
+
+
+def _time_target(name: str, seconds: float | None, limit: float) -> Target:
+    """A target that an operation takes at most `limit` seconds."""
+    if seconds is None:
+        return name, "not measured", None
+    return name, fmt_time(seconds), seconds <= limit
+
+
+def targets(results: dict[str, Result]) -> list[Target]:
     """(target, measured, passed) for each target of the issue; passed is None when not measured."""
-    out: list[tuple[str, str, bool | None]] = []
+    mine = functools.partial(_seconds, results, system="eqx_msg")
+    w1, w2 = results.get("W1"), results.get("W2-jax")
+    out = [
+        _ratio_target(
+            f"W1 eqx_msg {op} >= 0.8x memcpy (ratio = memcpy / {op})",
+            mine("W1", op=op),
+            w1.limits["memcpy"] if w1 else None,
+            0.8,
+        )
+        for op in ("dumps", "loads")
+    ]
+    out += [
+        _time_target(
+            f"W1 eqx_msg load to {kind} near-constant (<= 10 ms)", mine("W1", op=op), 0.010
+        )
+        for op, kind in (("load_numpy", "numpy"), ("load_jax", "jax"))
+    ]
+    out.append(
+        _ratio_target(
+            "W1 open + one leaf faster than safetensors safe_open",
+            mine("W1", op="open_one"),
+            _seconds(results, "W1", system="safetensors", op="open_one"),
+            1.0,
+        )
+    )
+    out += [
+        _time_target(f"W2 numpy leaves: eqx_msg {op} <= 50 ms", mine("W2-np", op=op), 0.050)
+        for op in ("dumps", "loads")
+    ]
+    out.append(
+        _ratio_target(
+            "W2 jax leaves: load >= 10x faster than eqx.tree_deserialise_leaves",
+            mine("W2-jax", op="load_jax"),
+            _seconds(results, "W2-jax", system="eqx serialise", op="load_jax"),
+            10.0,
+        )
+    )
+    out.append(
+        _ratio_target(
+            "W2 10k leaves to jax >= 5x faster than jax.device_put(list of numpy)",
+            mine("W2-jax", op="load_jax"),
+            w2.limits["device_put(list)"] if w2 else None,
+            5.0,
+        )
+    )
+    out.append(_fastest_target(results))
+    return out
 
-    def add(name: str, measured: float | None, describe: Callable[[float], str], ok: Callable[[float], bool]) -> None:
-        out.append((name, "not measured" if measured is None else describe(measured), None if measured is None else ok(measured)))
 
-    w1 = results.get("W1")
-    memcpy = w1.limits["memcpy"] if w1 else None
-    for op in ("dumps", "loads"):
-        s = _seconds(results, "W1", "eqx_msg", op)
-        ratio = memcpy / s if s and memcpy else None
-        add(f"W1 eqx_msg {op} >= 0.8x memcpy", ratio, lambda r: f"{r:.2f}x memcpy", lambda r: r >= 0.8)
-    for op, label in (("load_numpy", "numpy"), ("load_jax", "jax")):
-        s = _seconds(results, "W1", "eqx_msg", op)
-        add(f"W1 eqx_msg load to {label} near-constant (<= 10 ms)", s, fmt_time, lambda v: v <= 0.010)
-    mine, theirs = (_seconds(results, "W1", n, "open_one") for n in ("eqx_msg", "safetensors"))
-    ratio = theirs / mine if mine and theirs else None
-    add("W1 open + one leaf faster than safetensors safe_open", ratio, lambda r: f"{r:.1f}x faster ({fmt_time(mine or 0)} vs {fmt_time(theirs or 0)})", lambda r: r > 1)
-    for op in ("dumps", "loads"):
-        s = _seconds(results, "W2-np", "eqx_msg", op)
-        add(f"W2 numpy leaves: eqx_msg {op} <= 50 ms", s, fmt_time, lambda v: v <= 0.050)
-    mine, theirs = (_seconds(results, "W2-jax", n, "load_jax") for n in ("eqx_msg", "eqx serialise"))
-    ratio = theirs / mine if mine and theirs else None
-    add("W2 jax leaves: load >= 10x faster than eqx.tree_deserialise_leaves", ratio, lambda r: f"{r:.1f}x ({fmt_time(mine or 0)} vs {fmt_time(theirs or 0)})", lambda r: r >= 10)
-    w2 = results.get("W2-jax")
-    baseline = w2.limits["device_put(list)"] if w2 else None
-    ratio = baseline / mine if mine and baseline else None
-    add("W2 10k leaves to jax >= 5x faster than jax.device_put(list of numpy)", ratio, lambda r: f"{r:.1f}x ({fmt_time(mine or 0)} vs {fmt_time(baseline or 0)})", lambda r: r >= 5)
+def _fastest_target(results: dict[str, Result]) -> Target:
+    """Whether eqx_msg is the fastest in every timed row that a correct peer also has."""
     losses, compared = [], 0
     for work, result in results.items():
         for op, label, _, _ in OPS:
             if op in FIGURE_ROWS:
                 continue  # sizes, not speeds
-            _, r, best = versus_best({n: c[op] for n, c in result.cells.items()})
-            compared += r is not None
-            if r is not None and r < 1:
-                losses.append(f"{work} {label}: {best} {1 / r:.2f}x faster")
-    verdict = None if not compared else not losses
-    out.append(("eqx_msg fastest in every timed row it shares with a peer", "; ".join(losses) or f"fastest in all {compared} rows", verdict))
-    return out
+            _, ratio, best = versus_best({n: c[op] for n, c in result.cells.items()})
+            compared += ratio is not None
+            if ratio is not None and ratio > 1:
+                losses.append(f"{work} {label}: {best} {ratio:.2f}x faster")
+    measured = "; ".join(losses) or f"fastest in all {compared} rows"
+    name = "eqx_msg fastest in every timed row it shares with a peer"
+    return name, measured, (not losses) if compared else None
 
 
 def targets_section(results: dict[str, Result]) -> str:
@@ -395,12 +454,26 @@ def machine() -> list[str]:
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
         with open("/proc/meminfo") as f:
             ram = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
     except OSError:
         ram = float("nan")
-    packages = ["eqx_msg", "jax", "jaxlib", "numpy", "equinox", "ml_dtypes", "msgpack", "safetensors", "flax", "orbax-checkpoint", "optax"]
+    packages = [
+        "eqx_msg",
+        "jax",
+        "jaxlib",
+        "numpy",
+        "equinox",
+        "ml_dtypes",
+        "msgpack",
+        "safetensors",
+        "flax",
+        "orbax-checkpoint",
+        "optax",
+    ]
     versions = []
     for name in packages:
         try:
@@ -409,19 +482,27 @@ def machine() -> list[str]:
             versions.append(f"{name} (not installed)")
     return [
         f"- CPU: {cpu}; {os.cpu_count()} cores; {ram:.1f} GiB RAM; {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}; JAX backend {jax.default_backend()} ({jax.devices()[0].device_kind})",
+        f"- Python {platform.python_version()}; JAX backend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"load average at the end {os.getloadavg()[0]:.2f} (the machine is shared: figures move with it)",
         "- " + ", ".join(versions),
     ]
 
 
-def report(results: dict[str, Result], names: list[str], args: argparse.Namespace, command: str, elapsed: float) -> str:
+def report(
+    results: dict[str, Result],
+    names: list[str],
+    args: argparse.Namespace,
+    command: str,
+    elapsed: float,
+) -> str:
     """The whole markdown report."""
     notes = [f"- **{cls.name}**: {cls.note}" for cls in SYSTEMS if cls.note and cls.name in names]
     parts = [
         "# eqx_msg vs peers",
         "",
         f"Command: `{command}` ({elapsed / 60:.1f} min; median of {args.repeat} after 1 warm-up"
-        + ("; --quick sizes: not the sizes the targets are about" if args.quick else "") + ")",
+        + ("; --quick sizes: not the sizes the targets are about" if args.quick else "")
+        + ")",
         "",
         *machine(),
         "",
@@ -429,8 +510,9 @@ def report(results: dict[str, Result], names: list[str], args: argparse.Namespac
         "limit of the row's kind (memcpy for dumps/loads, os.write (+ fsync) for saves, readinto for "
         "loads from files; 1.00x = as fast as the limit, above 1 = less work than the limit, e.g. "
         "zero-copy). "
-        "The last column is best peer / eqx_msg (> 1: eqx_msg is faster or smaller). Files are read "
-        "from a warm page cache. `wrong result` means the loaded tree was not bit-exact (dtype, shape, "
+        "The last column is eqx_msg / the best correct peer, in time or size (below 1: eqx_msg is "
+        "faster or smaller; 0.1x = ten times faster). Files are read from a warm page cache. "
+        "`wrong result` means the loaded tree was not bit-exact (dtype, shape, "
         "bytes, PRNG key data, tree structure, leaf kind). Slow cells are timed fewer times to keep the "
         f"run short: `[n=k]` = median of k runs after the warm-up (a cell stops at ~{BUDGET:.0f} s), "
         f"`[1 run]` = the first run alone (it took over {SLOW:.0f} s).",
@@ -478,13 +560,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workloads (whole run < 60 s)")
-    parser.add_argument("--size-mib", type=float, help="W1's size in MiB (default 1024; 4 with --quick)")
-    parser.add_argument("--w4-mib", type=float, help="the model size W4's adam state is for (default min(W1, 256): scaled to keep the run < 15 min)")
-    parser.add_argument("--repeat", type=int, help="timed runs per cell, after 1 warm-up (default 5; 1 with --quick)")
-    parser.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS) + " (W2 = both W2s)")
+    parser.add_argument(
+        "--size-mib", type=float, help="W1's size in MiB (default 1024; 4 with --quick)"
+    )
+    parser.add_argument(
+        "--w4-mib",
+        type=float,
+        help="the model size W4's adam state is for (default min(W1, 256): scaled to keep the run < 15 min)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="timed runs per cell, after 1 warm-up (default 5; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated workloads: " + ",".join(WORKLOADS) + " (W2 = both W2s)"
+    )
     parser.add_argument("--systems", help="comma-separated system names (eqx_msg always included)")
-    parser.add_argument("--rss", help="workloads with peak-RSS rows (a fresh process per cell), comma-separated, or all/none (default: W1; none with --quick)")
-    parser.add_argument("--out", help="markdown path (default benches/RESULTS.md; a temp file with --quick)")
+    parser.add_argument(
+        "--rss",
+        help="workloads with peak-RSS rows (a fresh process per cell), comma-separated, or all/none (default: W1; none with --quick)",
+    )
+    parser.add_argument(
+        "--out", help="markdown path (default benches/RESULTS.md; a temp file with --quick)"
+    )
     return parser.parse_args(argv)
 
 
@@ -495,11 +594,19 @@ def main(argv: list[str] | None = None) -> int:
     args.rss = args.rss or ("none" if args.quick else "W1")
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
-    command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__)), *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(
+        [
+            "python",
+            os.path.relpath(os.path.abspath(__file__)),
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
     wanted = [w.strip() for w in (args.only or ",".join(WORKLOADS)).split(",")]
     wanted = [w for item in wanted for w in (("W2-np", "W2-jax") if item == "W2" else (item,))]
     chosen = {s.strip() for s in (args.systems or "").split(",") if s.strip()}
-    systems = [make(cls) for cls in SYSTEMS if not chosen or cls.name in chosen or cls.name == "eqx_msg"]
+    systems = [
+        make(cls) for cls in SYSTEMS if not chosen or cls.name in chosen or cls.name == "eqx_msg"
+    ]
     names = [s.name for s in systems]
     sizes = Sizes.of(args.quick, args.size_mib, args.w4_mib)
     results: dict[str, Result] = {}
@@ -516,7 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         del work
     text = report(results, names, args, command, time.perf_counter() - start)
     print(text)
-    out = args.out or (os.path.join(tempfile.gettempdir(), "eqx_msg_compare_quick.md") if args.quick else os.path.join(HERE, "RESULTS.md"))
+    out = args.out or (
+        os.path.join(tempfile.gettempdir(), "eqx_msg_compare_quick.md")
+        if args.quick
+        else os.path.join(HERE, "RESULTS.md")
+    )
     with open(out, "w") as f:
         f.write(text)
     log(f"written to {out}")

@@ -57,7 +57,9 @@ def short(err: BaseException) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def median_time(fn: Callable[[], Any], repeat: int, sync: Callable[[Any], None]) -> tuple[float, Any]:
+def median_time(
+    fn: Callable[[], Any], repeat: int, sync: Callable[[Any], None]
+) -> tuple[float, Any]:
     """(median seconds of `repeat` runs, the warm-up's result); `sync` waits for a result."""
     first = fn()
     sync(first)
@@ -73,7 +75,11 @@ def median_time(fn: Callable[[], Any], repeat: int, sync: Callable[[Any], None])
 
 def warm(path: str) -> None:
     """Read a file or directory once so its pages are in the page cache."""
-    files = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else [path]
+    files = (
+        [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+        if os.path.isdir(path)
+        else [path]
+    )
     buf = bytearray(64 << 20)
     for name in files:
         with open(name, "rb", buffering=0) as f:
@@ -89,22 +95,25 @@ def check(result: Any, originals: list[np.ndarray], device: Any) -> str:
     for i, (leaf, want) in enumerate(zip(leaves, originals)):
         if isinstance(leaf, jax.Array) and leaf.devices() != {device}:
             return f"leaf {i} on {leaf.devices()}, not {device}"
-        if tuple(leaf.shape) != want.shape or str(leaf.dtype).removeprefix("torch.") != str(want.dtype):
+        if tuple(leaf.shape) != want.shape or str(leaf.dtype).removeprefix("torch.") != str(
+            want.dtype
+        ):
             return f"leaf {i}: {leaf.dtype}{tuple(leaf.shape)}, not {want.dtype}{want.shape}"
     for i in (0, len(leaves) - 1):
         leaf = leaves[i]
         host = leaf.cpu().numpy() if hasattr(leaf, "cpu") else np.asarray(leaf)
-        if not np.array_equal(host.view(np.uint32), want_bits(originals[i])):
+        if not np.array_equal(host.view(np.uint32), originals[i].view(np.uint32)):  # bit-exact
             return f"leaf {i}: bytes differ"
     return ""
 
 
-def want_bits(array: np.ndarray) -> np.ndarray:
-    """The bits of a float32 array, for a bit-exact comparison."""
-    return array.view(np.uint32)
-
-
-def run(method: str, fn: Callable[[], Any], repeat: int, sync: Callable[[Any], None], verify: Callable[[Any], str]) -> Row:
+def run(
+    method: str,
+    fn: Callable[[], Any],
+    repeat: int,
+    sync: Callable[[Any], None],
+    verify: Callable[[Any], str],
+) -> Row:
     """Time one method; every failure becomes the row's text."""
     log(f"  {method}")
     try:
@@ -139,7 +148,9 @@ def make_arrays(total_bytes: int, count: int) -> list[np.ndarray]:
     return [rng.random((rows, 4096), dtype=np.float32) for _ in range(count)]
 
 
-def save_all(directory: str, names: list[str], arrays: list[np.ndarray], device: Any) -> dict[str, str]:
+def save_all(
+    directory: str, names: list[str], arrays: list[np.ndarray], device: Any
+) -> dict[str, str]:
     """Write the big tree with every system that is importable; returns {system: path}."""
     paths: dict[str, str] = {}
     raw = os.path.join(directory, "tree.raw")
@@ -148,7 +159,11 @@ def save_all(directory: str, names: list[str], arrays: list[np.ndarray], device:
             f.write(array.data)
     paths["raw"] = raw
     on_device = {n: jax.device_put(a, device) for n, a in zip(names, arrays)}
-    for name, filename in (("eqx_msg", "tree.eqx"), ("safetensors", "tree.safetensors"), ("orbax", "tree.orbax")):
+    for name, filename in (
+        ("eqx_msg", "tree.eqx"),
+        ("safetensors", "tree.safetensors"),
+        ("orbax", "tree.orbax"),
+    ):
         path = os.path.join(directory, filename)
         try:
             _save_with(name, path, on_device)
@@ -203,7 +218,9 @@ def _orbax_save(path: str, tree: dict[str, Any]) -> None:
 # ---- the methods -------------------------------------------------------------------------------
 
 
-def big_rows(paths: dict[str, str], names: list[str], arrays: list[np.ndarray], device: Any, repeat: int) -> list[Row]:
+def big_rows(
+    paths: dict[str, str], names: list[str], arrays: list[np.ndarray], device: Any, repeat: int
+) -> list[Row]:
     """Every way of putting the big tree on `device`."""
     verify = lambda result: check(result, arrays, device)  # noqa: E731
     shape = arrays[0].shape
@@ -226,7 +243,10 @@ def big_rows(paths: dict[str, str], names: list[str], arrays: list[np.ndarray], 
 
     def orbax_restore() -> Any:
         sharding = jax.sharding.SingleDeviceSharding(device)
-        target = {n: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for n, a in zip(names, arrays)}
+        target = {
+            n: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+            for n, a in zip(names, arrays)
+        }
         return _orbax().StandardCheckpointer().restore(needs("orbax"), target)
 
     def memmap_list() -> Any:
@@ -239,12 +259,42 @@ def big_rows(paths: dict[str, str], names: list[str], arrays: list[np.ndarray], 
 
     one_verify = lambda result: check(list(result.reshape(len(arrays), *shape)), arrays, device)  # noqa: E731
     return [
-        run("eqx_msg.load(path, device=gpu)", lambda: _eqx_msg().load(needs("eqx_msg"), device=device), repeat, block, verify),
+        run(
+            "eqx_msg.load(path, device=gpu)",
+            lambda: _eqx_msg().load(needs("eqx_msg"), device=device),
+            repeat,
+            block,
+            verify,
+        ),
         run("safetensors.flax.load_file + jax.device_put", safetensors_flax, repeat, block, verify),
-        run('safetensors.torch.load_file(device="cuda") (torch tensors)', safetensors_torch, repeat, torch_sync, verify),
-        run("orbax StandardCheckpointer.restore onto the device", orbax_restore, repeat, block, verify),
-        run(f"jax.device_put(list of {len(arrays)} np.memmap views of a raw file)", memmap_list, repeat, block, verify),
-        run("jax.device_put(one np.memmap array of all the bytes)", memmap_one, repeat, block, one_verify),
+        run(
+            'safetensors.torch.load_file(device="cuda") (torch tensors)',
+            safetensors_torch,
+            repeat,
+            torch_sync,
+            verify,
+        ),
+        run(
+            "orbax StandardCheckpointer.restore onto the device",
+            orbax_restore,
+            repeat,
+            block,
+            verify,
+        ),
+        run(
+            f"jax.device_put(list of {len(arrays)} np.memmap views of a raw file)",
+            memmap_list,
+            repeat,
+            block,
+            verify,
+        ),
+        run(
+            "jax.device_put(one np.memmap array of all the bytes)",
+            memmap_one,
+            repeat,
+            block,
+            one_verify,
+        ),
     ]
 
 
@@ -267,7 +317,13 @@ def small_rows(directory: str, device: Any, repeat: int) -> tuple[list[Row], int
 
     rows = [
         run("eqx_msg.load(path, device=gpu)", eqx_msg_load, repeat, block, verify),
-        run("jax.device_put(list of numpy arrays in memory)", lambda: jax.device_put(arrays, device), repeat, block, verify),
+        run(
+            "jax.device_put(list of numpy arrays in memory)",
+            lambda: jax.device_put(arrays, device),
+            repeat,
+            block,
+            verify,
+        ),
     ]
     return rows, sum(a.nbytes for a in arrays)
 
@@ -299,7 +355,16 @@ def versions() -> str:
     from importlib import metadata
 
     found = []
-    for name in ("eqx_msg", "jax", "jaxlib", "numpy", "safetensors", "flax", "orbax-checkpoint", "torch"):
+    for name in (
+        "eqx_msg",
+        "jax",
+        "jaxlib",
+        "numpy",
+        "safetensors",
+        "flax",
+        "orbax-checkpoint",
+        "torch",
+    ):
         try:
             found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -310,10 +375,16 @@ def versions() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run both measurements and print (and write) the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-gib", type=float, help="size of the big tree (default 4; 0.25 with --allow-cpu)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs after 1 warm-up (default 3)")
+    parser.add_argument(
+        "--size-gib", type=float, help="size of the big tree (default 4; 0.25 with --allow-cpu)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs after 1 warm-up (default 3)"
+    )
     parser.add_argument("--out", help="directory to write gpu_load.md into (as well as stdout)")
-    parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU (to test)")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="run on the CPU when there is no GPU (to test)"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if jax.default_backend() != "gpu" and not args.allow_cpu:

@@ -113,3 +113,13 @@ def test_loaded_numpy_leaves_are_read_only_views():
     assert not w.flags.writeable
     base = np.frombuffer(data, np.uint8)
     assert base.ctypes.data <= w.ctypes.data < base.ctypes.data + len(data)  # no copy
+
+
+def test_loads_of_misaligned_bytes_places_jax_leaves_from_one_aligned_copy():
+    tree = {"w": [jnp.full((1 << 20,), i, jnp.float32) for i in range(5)], "n": np.arange(3)}
+    data = eqx_msg.dumps(tree)
+    assert np.frombuffer(data, np.uint8).ctypes.data % 64 != 0  # a bytes object's data
+    loaded = eqx_msg.loads(data)
+    for a, b in zip(tree["w"], loaded["w"]):
+        assert b.unsafe_buffer_pointer() % 64 == 0 and jnp.array_equal(a, b)
+    assert not loaded["n"].flags.writeable

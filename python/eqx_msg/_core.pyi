@@ -48,6 +48,9 @@ def inspect(buf: npt.NDArray[np.uint8]) -> tuple[int, int]:
 def find_leaf(buf: npt.NDArray[np.uint8], path: str) -> dict[str, Any] | None:
     """Validate a whole file; return the record (plus its `index`) of the leaf at `path`, or None."""
 
+def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArray[np.uint8], int]:
+    """A parallel copy of `buf` at a multiple of `alignment`: it is `array[offset:offset + len(buf)]`."""
+
 def check_header(header: bytes) -> tuple[int, int]:
     """Decode and validate an encoded header alone; return `(alignment, data_nbytes)`."""
 

@@ -172,6 +172,22 @@ impl<'h> Frame<'h> {
     }
 }
 
+/// Copies `src` into the fresh, uninitialised `dst` (same length) with the writer's parallel copy.
+///
+/// For readers that need the bytes at another address (e.g. 64-byte aligned for XLA to alias).
+pub fn parallel_copy(src: &[u8], dst: &mut [MaybeUninit<u8>]) -> Result<()> {
+    if src.len() != dst.len() {
+        return Err(Error::BufferLength {
+            what: "the copy destination",
+            expected: src.len() as u64,
+            actual: dst.len() as u64,
+        });
+    }
+    advise_huge_pages(dst);
+    write_data(&[(0, src)], dst);
+    Ok(())
+}
+
 /// Asks Linux to back `buf` with transparent huge pages (a hint; failures are ignored).
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(buf: &mut [MaybeUninit<u8>]) {
@@ -321,6 +337,22 @@ pub fn assemble(header_bytes: &[u8], leaves: &[Option<&[u8]>]) -> Result<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_copy_copies_and_checks_lengths() {
+        let src: Vec<u8> = (0..(9 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut dst = vec![MaybeUninit::new(0u8); src.len()];
+        parallel_copy(&src, &mut dst).unwrap();
+        assert!(dst
+            .iter()
+            .zip(&src)
+            .all(|(d, s)| unsafe { d.assume_init() } == *s));
+        let mut short = vec![MaybeUninit::new(0u8); 3];
+        assert_eq!(
+            parallel_copy(&src, &mut short).unwrap_err().kind(),
+            "LayoutError"
+        );
+    }
 
     #[test]
     fn copy_handles_every_alignment() {

@@ -9,7 +9,9 @@ use std::mem::MaybeUninit;
 
 use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, Reader};
 use numpy::npyffi::_PyArray_GET_ITEM_DATA;
-use numpy::{PyArrayDescrMethods, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArrayDescrMethods, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -163,6 +165,41 @@ fn find_leaf<'py>(
     Ok(Some(record))
 }
 
+/// A copy of `buf` starting at a multiple of `alignment`: `(array, offset)`, the copy being
+/// `array[offset:offset + len(buf)]`. Parallel, GIL released; for placing leaves of a misaligned
+/// buffer (a `bytes` object's data is never 64-byte aligned) where XLA aliases aligned memory.
+#[pyfunction]
+fn aligned_copy<'py>(
+    py: Python<'py>,
+    buf: PyReadonlyArray1<'_, u8>,
+    alignment: usize,
+) -> PyResult<(Bound<'py, PyArray1<u8>>, usize)> {
+    if !alignment.is_power_of_two() {
+        return Err(raise(
+            "LayoutError",
+            format!("alignment {alignment} is not a power of two"),
+        ));
+    }
+    let src = u8_slice(&buf, "the file buffer")?;
+    let total = src
+        .len()
+        .checked_add(alignment)
+        .ok_or_else(|| PyOverflowError::new_err("the buffer is too large to copy"))?;
+    let mut out: Vec<u8> = Vec::with_capacity(total);
+    let offset = (out.as_ptr() as usize).wrapping_neg() & (alignment - 1);
+    let spare = &mut out.spare_capacity_mut()[..total];
+    let (head, rest) = spare.split_at_mut(offset);
+    let (body, tail) = rest.split_at_mut(src.len());
+    head.fill(MaybeUninit::new(0));
+    tail.fill(MaybeUninit::new(0));
+    py.detach(|| eqx::parallel_copy(src, body))
+        .map_err(py_err)?;
+    // SAFETY: head, body and tail cover all `total` bytes of the capacity, and each was written
+    // above (zeros, or the copy of `src`), so the first `total` bytes are initialised.
+    unsafe { out.set_len(total) };
+    Ok((PyArray1::from_vec(py, out), offset))
+}
+
 /// Decodes and validates a header alone; returns `(alignment, data_nbytes)`.
 #[pyfunction]
 fn check_header(py: Python<'_>, header: &[u8]) -> PyResult<(u64, u64)> {
@@ -250,6 +287,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(find_leaf, m)?)?;
+    m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
     m.add_function(wrap_pyfunction!(check_header, m)?)?;
     m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(assemble, m)?)?;
