@@ -99,16 +99,20 @@ def gc_paused() -> Iterator[None]:
 def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
     """Validate a whole file in `buf` (Rust) and decode its header; returns (header, data_start)."""
     header_len, data_start = _core.inspect(buf)
+    return decode_header(buf, header_len), data_start
+
+
+def decode_header(buf: np.ndarray, header_len: int) -> dict[str, Any]:
+    """Decode the msgpack header of a file that `_core.inspect` has validated."""
     try:
         with gc_paused():
-            header = msgpack.unpackb(
+            return msgpack.unpackb(
                 buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len],
                 raw=False,
                 strict_map_key=False,
             )
     except (ValueError, TypeError, msgpack.ExtraData) as err:  # pragma: no cover - Rust checked it
         raise HeaderError(f"header at byte {_core.PREFIX_LEN}: {err}") from None
-    return header, data_start
 
 
 def validate_header(raw: dict[str, Any]) -> Header:

@@ -202,7 +202,7 @@ class Reader:
         self._buf = _codec.as_bytes_array(self._map)
         # Validates the whole file in Rust; the header is decoded in Python only when first needed,
         # so opening and fetching one leaf never pays for decoding every record.
-        _, self._data_start = _core.inspect(self._buf)
+        self._header_len, self._data_start = _core.inspect(self._buf)
         self._decoded: dict[str, Any] | None = None
         self._index: dict[str, int] = {}
         self._header: Header | None = None
@@ -210,7 +210,7 @@ class Reader:
     @property
     def _raw(self) -> dict[str, Any]:
         if self._decoded is None:
-            self._decoded, _ = _codec.read_header(self._buf)
+            self._decoded = _codec.decode_header(self._buf, self._header_len)
             self._index = {r["path"]: i for i, r in enumerate(self._decoded["leaves"])}
         return self._decoded
 
