@@ -43,32 +43,39 @@ fn header_bytes(n: usize, with_tree: bool) -> Vec<u8> {
                 ("t", s("node")),
                 ("cls", s("equinox.nn._linear.Linear")),
                 ("aux", Value::Array(vec![Value::Nil, Value::from(64)])),
-                (
-                    "c",
-                    Value::Array(vec![map(vec![("t", s("leaf")), ("i", Value::from(i))])]),
-                ),
+                // An array leaf is its bare index (FORMAT.md section 4).
+                ("c", Value::Array(vec![Value::from(i)])),
             ])
         })
         .collect();
-    let h = map(vec![
+    let tree = if with_tree {
+        map(vec![("t", s("list")), ("c", Value::Array(nodes))])
+    } else {
+        map(vec![("t", s("none"))])
+    };
+    encode_header(
+        data_nbytes,
+        leaves,
+        vec![
+            ("tree", tree),
+            ("metadata", Value::Nil),
+            ("writer", map(vec![("eqx_msg", s("0.1.0"))])),
+        ],
+    )
+}
+
+/// A header map with the required keys, `leaves`, and `extra` keys, msgpack-encoded.
+fn encode_header(data_nbytes: u64, leaves: Vec<Value>, extra: Vec<(&str, Value)>) -> Vec<u8> {
+    let mut entries = vec![
         ("format", s("eqx_msg")),
         ("version", Value::from(1)),
         ("alignment", Value::from(64)),
         ("data_nbytes", Value::from(data_nbytes)),
         ("leaves", Value::Array(leaves)),
-        (
-            "tree",
-            if with_tree {
-                map(vec![("t", s("list")), ("c", Value::Array(nodes))])
-            } else {
-                map(vec![("t", s("none"))])
-            },
-        ),
-        ("metadata", Value::Nil),
-        ("writer", map(vec![("eqx_msg", s("0.1.0"))])),
-    ]);
+    ];
+    entries.extend(extra);
     let mut out = Vec::new();
-    eqx_msg_core::rmpv::encode::write_value(&mut out, &h).expect("encode to Vec");
+    eqx_msg_core::rmpv::encode::write_value(&mut out, &map(entries)).expect("encode to Vec");
     out
 }
 
@@ -124,15 +131,7 @@ fn main() {
             ])
         })
         .collect();
-    let h = map(vec![
-        ("format", s("eqx_msg")),
-        ("version", Value::from(1)),
-        ("alignment", Value::from(64)),
-        ("data_nbytes", Value::from(data_nbytes)),
-        ("leaves", Value::Array(leaves)),
-    ]);
-    let mut hb = Vec::new();
-    eqx_msg_core::rmpv::encode::write_value(&mut hb, &h).expect("encode to Vec");
+    let hb = encode_header(data_nbytes, leaves, vec![]);
     let frame = Frame::new(&hb).expect("valid header");
     let total = frame.total_len() as usize;
 
