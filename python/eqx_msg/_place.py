@@ -65,8 +65,10 @@ def put(
 
 
 def _put_fallback(host: np.ndarray, weak_type: bool, device: Any) -> jax.Array:
-    array = jax.device_put(host, device)
-    return jax.lax.convert_element_type(array, array.dtype) if weak_type else array
+    # Without jaxlib's batched_device_put there is no public way to make a weak-typed array from
+    # host data: the weak_type flag is lost here (values are exact).
+    del weak_type
+    return jax.device_put(host, device)
 
 
 @functools.lru_cache(maxsize=4096)
