@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _dtypes, _registry
-from ._errors import HeaderError, UnserialisableError
+from ._errors import HeaderError, UnknownTypeError, UnserialisableError
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
@@ -104,7 +104,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
         if tag == "ndarray":
             return _decode_small_array(data, where)
     except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, HeaderError | _registry.UnknownTypeError):
+        if isinstance(err, HeaderError | UnknownTypeError):
             raise
         raise HeaderError(
             f"{where or 'the root'}: malformed static value {data!r:.120}: {err}"
