@@ -57,18 +57,12 @@ def put(
         if out[i] is None:
             host = hosts[i]
             if _batched_device_put is None:  # pragma: no cover - depends on the jax version
-                out[i] = _put_fallback(host, weak_types[i], target if committed else None)
+                # No public way to make a weak-typed array from host data: weak_type is lost here.
+                out[i] = jax.device_put(host, target if committed else None)
                 continue
             aval = _aval(host.shape, host.dtype, weak_types[i])
             out[i] = _batched_device_put(aval, single, [host], devices, committed)
     return out
-
-
-def _put_fallback(host: np.ndarray, weak_type: bool, device: Any) -> jax.Array:
-    # Without jaxlib's batched_device_put there is no public way to make a weak-typed array from
-    # host data: the weak_type flag is lost here (values are exact).
-    del weak_type
-    return jax.device_put(host, device)
 
 
 @functools.lru_cache(maxsize=4096)
