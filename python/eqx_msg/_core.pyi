@@ -51,9 +51,6 @@ def find_leaf(buf: npt.NDArray[np.uint8], path: str) -> dict[str, Any] | None:
 def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArray[np.uint8], int]:
     """A parallel copy of `buf` at a multiple of `alignment`: it is `array[offset:offset + len(buf)]`."""
 
-def check_header(header: bytes) -> tuple[int, int]:
-    """Decode and validate an encoded header alone; return `(alignment, data_nbytes)`."""
-
 def frame_prefix(header: bytes) -> bytes:
     """Prefix + header + zero padding up to the data section, for streaming writers."""
 

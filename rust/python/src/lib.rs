@@ -200,13 +200,6 @@ fn aligned_copy<'py>(
     Ok((PyArray1::from_vec(py, out), offset))
 }
 
-/// Decodes and validates a header alone; returns `(alignment, data_nbytes)`.
-#[pyfunction]
-fn check_header(py: Python<'_>, header: &[u8]) -> PyResult<(u64, u64)> {
-    py.detach(|| Frame::new(header).map(|f| (f.header().alignment, f.header().data_nbytes)))
-        .map_err(py_err)
-}
-
 /// Prefix, header and zero padding up to the data section.
 #[pyfunction]
 fn frame_prefix<'py>(py: Python<'py>, header: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -288,7 +281,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(find_leaf, m)?)?;
     m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
-    m.add_function(wrap_pyfunction!(check_header, m)?)?;
     m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(assemble, m)?)?;
     m.add_function(wrap_pyfunction!(pack_subbyte, m)?)?;
