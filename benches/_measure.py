@@ -233,6 +233,8 @@ def limits(work: Workload, directory: str, repeat: int) -> dict[str, float]:
     host = [np.array(jax.random.key_data(x) if is_key(x) else x) for x in work.leaves]
     ops: dict[str, tuple[Callable[[], Any], Callable[[], None] | None]] = {
         "memcpy": (lambda: np.copyto(dst, src), None),
+        # What producing new bytes costs at least: the kernel zeroes each fresh page on first touch.
+        "memcpy to a new buffer": (lambda: src.copy(), None),
         "os.write": (lambda: _write(path, src, False), lambda: fresh(path)),
         "os.write+fsync": (lambda: _write(path, src, True), lambda: fresh(path)),
         "readinto": (

@@ -39,6 +39,29 @@ def test_save_load_round_trip(tmp_path):
     assert eqx_msg.header(str(path)).metadata == {"step": 7}
 
 
+@pytest.mark.parametrize("alignment", [64, 4096])
+def test_save_gathers_small_leaves_in_blocks_and_writes_the_bytes_of_dumps(
+    tmp_path, monkeypatch, alignment
+):
+    from eqx_msg import _file
+
+    monkeypatch.setattr(_file, "_SMALL_LEAF", 1000)  # smaller limits: many blocks, few bytes
+    monkeypatch.setattr(_file, "_BLOCK", 80 * alignment)
+    rng = np.random.default_rng(0)
+    tree = [
+        rng.standard_normal(n).astype(np.float32) if n else jax.ShapeDtypeStruct((3,), jnp.int8)
+        for n in [3, 250, 0, 17, 251, 1, 2000, 5, 0, 240, 240, 240, 240, 240, 9000, 7, 64]
+    ]
+    path = tmp_path / "blocks.eqx"
+    writes = []
+    real = _file._write_all
+    monkeypatch.setattr(_file, "_write_all", lambda f, d: writes.append(1) or real(f, d))
+    eqx_msg.save(path, tree, alignment=alignment)
+    assert path.read_bytes() == eqx_msg.dumps(tree, alignment=alignment)
+    assert_same_tree(tree, eqx_msg.load(path))
+    assert len(writes) < 25  # gathered: not one write per leaf and pad
+
+
 def test_save_to_file_object(tmp_path):
     path = tmp_path / "f.eqx"
     with path.open("wb") as f:

@@ -100,7 +100,7 @@ def test_sharded_save_streams_by_shard(tmp_path, monkeypatch):
     from eqx_msg import _file
 
     mesh = _mesh((8,), ("d",))
-    array = _array(NamedSharding(mesh, P("d")), shape=(64, 16))
+    array = _array(NamedSharding(mesh, P("d")), shape=(4096, 16))  # above _file._SMALL_LEAF
     seen = []
     real = _file._leaves.host_array
     monkeypatch.setattr(
@@ -108,5 +108,5 @@ def test_sharded_save_streams_by_shard(tmp_path, monkeypatch):
     )
     path = tmp_path / "shards.eqx"
     eqx_msg.save(path, {"w": array})
-    assert seen == [(8, 16)] * 8
+    assert seen == [(512, 16)] * 8
     assert jnp.array_equal(eqx_msg.load(path)["w"], array)

@@ -2,6 +2,7 @@
 
 import eqx_msg
 data = eqx_msg.dumps(model, metadata={"step": 100})
+n = eqx_msg.dumps_into(model, buffer)        # into a reused buffer, at memcpy speed
 model = eqx_msg.loads(data)
 eqx_msg.save("model.eqx", model)
 model = eqx_msg.load("model.eqx")            # memory-mapped, zero-copy on the CPU
@@ -11,7 +12,15 @@ with eqx_msg.open("model.eqx") as reader:    # lazy: one leaf, a slice, a subtre
 
 from typing import Any
 
-from ._codec import as_bytes_array, dumps, loads, read_header, validate_header
+from ._codec import (
+    as_bytes_array,
+    dumps,
+    dumps_into,
+    dumps_size,
+    loads,
+    read_header,
+    validate_header,
+)
 from ._core import VERSION as FORMAT_VERSION
 from ._core import __version__
 from ._errors import (
@@ -66,6 +75,8 @@ __all__ = [
     "VersionError",
     "__version__",
     "dumps",
+    "dumps_into",
+    "dumps_size",
     "header",
     "load",
     "loads",

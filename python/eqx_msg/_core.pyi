@@ -54,8 +54,19 @@ def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArra
 def frame_prefix(header: bytes) -> bytes:
     """Prefix + header + zero padding up to the data section, for streaming writers."""
 
+def total_len(header: bytes) -> int:
+    """Length of the whole file an encoded header describes (validating the header)."""
+
 def assemble(header: bytes, leaves: Sequence[np.ndarray | None]) -> bytes:
     """The whole file in one allocation; `leaves[i]` is C-contiguous (None for abstract leaves)."""
+
+def assemble_into(
+    header: bytes, leaves: Sequence[np.ndarray | None], out: npt.NDArray[np.uint8]
+) -> int:
+    """Write the whole file into the start of the writable `out`; return its length.
+
+    LengthError if `out` is too short, LayoutError if a leaf lies inside `out`.
+    """
 
 def pack_subbyte(src: npt.NDArray[np.uint8], bits: int) -> bytes:
     """Pack one-byte-per-element 4- or 2-bit values (low bits of each byte), `8 // bits` per byte."""

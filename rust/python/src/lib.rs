@@ -10,7 +10,8 @@ use std::mem::MaybeUninit;
 use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, Reader};
 use numpy::npyffi::_PyArray_GET_ITEM_DATA;
 use numpy::{
-    PyArray1, PyArrayDescrMethods, PyReadonlyArray1, PyUntypedArray, PyUntypedArrayMethods,
+    PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::ffi;
@@ -200,6 +201,12 @@ fn aligned_copy<'py>(
     Ok((PyArray1::from_vec(py, out), offset))
 }
 
+/// Length of the whole file an encoded header describes (validating the header).
+#[pyfunction]
+fn total_len(py: Python<'_>, header: &[u8]) -> PyResult<u64> {
+    py.detach(|| eqx::total_len(header)).map_err(py_err)
+}
+
 /// Prefix, header and zero padding up to the data section.
 #[pyfunction]
 fn frame_prefix<'py>(py: Python<'py>, header: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -230,6 +237,66 @@ fn assemble<'py>(
     // `leaves` (and so every array behind `slices`) stayed referenced until here.
     drop(leaves);
     Ok(obj)
+}
+
+/// Writes the whole file into the start of `out` (a writable uint8 array); returns its length.
+///
+/// Bytes of `out` past the file are left as they were. No leaf may lie inside `out`.
+#[pyfunction]
+fn assemble_into<'py>(
+    py: Python<'py>,
+    header: &[u8],
+    leaves: Vec<Option<Bound<'py, PyUntypedArray>>>,
+    out: Bound<'py, PyArray1<u8>>,
+) -> PyResult<usize> {
+    let frame = py.detach(|| Frame::new(header)).map_err(py_err)?;
+    let slices = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| leaf.as_ref().map(|a| leaf_slice(a, i)).transpose())
+        .collect::<PyResult<Vec<Option<&[u8]>>>>()?;
+    let len = usize::try_from(frame.total_len())
+        .ok()
+        .filter(|&len| len <= out.len())
+        .ok_or_else(|| {
+            raise(
+                "LengthError",
+                format!(
+                    "the file takes {} bytes, the buffer holds only {}",
+                    frame.total_len(),
+                    out.len()
+                ),
+            )
+        })?;
+    let mut target = out.try_readwrite().map_err(|_| {
+        raise(
+            "LayoutError",
+            "the output buffer is read-only or already in use".into(),
+        )
+    })?;
+    let start = out.data() as usize;
+    for (i, s) in slices.iter().enumerate() {
+        if let Some(s) = s.filter(|s| !s.is_empty()) {
+            let leaf = s.as_ptr() as usize;
+            if leaf < start + len && start < leaf + s.len() {
+                return Err(raise(
+                    "LayoutError",
+                    format!("leaf {i} lies inside the output buffer; dump it elsewhere"),
+                ));
+            }
+        }
+    }
+    let dst = target.as_slice_mut().map_err(|_| {
+        raise(
+            "LayoutError",
+            "the output buffer must be C-contiguous".into(),
+        )
+    })?;
+    // No leaf overlaps dst[..len] (checked above), so the shared and the mutable slices are disjoint.
+    py.detach(|| frame.write_into(&slices, &mut dst[..len]))
+        .map_err(py_err)?;
+    drop(leaves);
+    Ok(len)
 }
 
 /// Packs one-byte-per-element 4- or 2-bit values, `8 / bits` to a byte.
@@ -281,8 +348,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(find_leaf, m)?)?;
     m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
+    m.add_function(wrap_pyfunction!(total_len, m)?)?;
     m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(assemble, m)?)?;
+    m.add_function(wrap_pyfunction!(assemble_into, m)?)?;
     m.add_function(wrap_pyfunction!(pack_subbyte, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_subbyte, m)?)?;
     Ok(())
