@@ -153,10 +153,23 @@ def test_depth_bomb_is_refused():
         "not-a-map",
     ],
 )
-def test_malformed_or_hostile_tree(tree, error):
+def test_malformed_or_hostile_tree(tree, error, tmp_path):
     data = _frame(_header([_leaf(0, 16)], 64, tree=tree), bytes(64))
     with pytest.raises(error):
         eqx_msg.loads(data)
+    path = tmp_path / "t.eqx"
+    path.write_bytes(data)
+    with pytest.raises(error), eqx_msg.open(path) as reader:  # open checks some, abstract the rest
+        reader.abstract()
+
+
+def test_abstract_of_a_header_without_tree(tmp_path):
+    header = _header([_leaf(0, 16)], 64)
+    del header["tree"]
+    path = tmp_path / "t.eqx"
+    path.write_bytes(_frame(header, bytes(64)))
+    with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.HeaderError, match="tree"):
+        reader.abstract()
 
 
 def test_nothing_is_imported_because_a_file_names_it():

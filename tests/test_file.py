@@ -177,6 +177,26 @@ def test_reader_lazy_access(tmp_path):
             reader["['decoder'].weigth"]
 
 
+def test_reader_abstract_matches_a_load_that_reads_nothing(tmp_path):
+    path = tmp_path / "a.eqx"
+    tree = {
+        **_model(),
+        "same": [np.zeros((2, 3), np.float32), jnp.zeros((2, 3)), np.float16(1)],
+        "weak": jnp.asarray(1.0),
+        "keys": jax.random.split(KEY, 3),
+        "shape_only": jax.ShapeDtypeStruct((5,), jnp.bfloat16),
+    }
+    eqx_msg.save(path, tree)
+    with eqx_msg.open(path) as reader:
+        abstract = reader.abstract()
+        expected = reader.load(filter=lambda _: False)
+    assert jax.tree.structure(abstract) == jax.tree.structure(expected)
+    for got, want in zip(jax.tree.leaves(abstract), jax.tree.leaves(expected)):
+        assert type(got) is type(want) and got == want
+    assert abstract["weak"].weak_type
+    assert abstract["keys"].dtype == jax.eval_shape(lambda: KEY).dtype
+
+
 def test_reader_load_subtree_with_filter(tmp_path):
     path = tmp_path / "f.eqx"
     model = _model()

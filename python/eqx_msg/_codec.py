@@ -104,15 +104,24 @@ def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
 
 def decode_header(buf: np.ndarray, header_len: int) -> dict[str, Any]:
     """Decode the msgpack header of a file that `_core.inspect` has validated."""
+    header = buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len]
+    return _unpack(header, f"header at byte {_core.PREFIX_LEN}")
+
+
+def decode_tree(encoded: bytes | None) -> Any:
+    """Decode the `tree` value of a header that `_core.FileHeader` has validated."""
+    if encoded is None:
+        raise HeaderError('the header has no "tree" field')
+    return _unpack(encoded, 'header field "tree"')
+
+
+def _unpack(data: Any, where: str) -> Any:
+    """Decode msgpack that Rust has already checked (syntax, UTF-8, depth)."""
     try:
         with gc_paused():
-            return msgpack.unpackb(
-                buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len],
-                raw=False,
-                strict_map_key=False,
-            )
+            return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.ExtraData) as err:  # pragma: no cover - Rust checked it
-        raise HeaderError(f"header at byte {_core.PREFIX_LEN}: {err}") from None
+        raise HeaderError(f"{where}: {err}") from None
 
 
 def validate_header(raw: dict[str, Any]) -> Header:

@@ -45,8 +45,25 @@ def layout(nbytes: Sequence[int], alignment: int) -> tuple[list[int], int]:
 def inspect(buf: npt.NDArray[np.uint8]) -> tuple[int, int]:
     """Validate a whole file (prefix, header, exact length); return `(header_len, data_start)`."""
 
-def find_leaf(buf: npt.NDArray[np.uint8], path: str) -> dict[str, Any] | None:
-    """Validate a whole file; return the record (plus its `index`) of the leaf at `path`, or None."""
+class FileHeader:
+    """A validated file's header, decoded once in Rust: lookups without a Python decode of it all."""
+
+    header_len: int
+    """Length of the msgpack header in bytes."""
+    data_start: int
+    """File offset of the data section."""
+
+    def __init__(self, buf: npt.NDArray[np.uint8]) -> None:
+        """Validate a whole file (prefix, header, exact length) and keep its decoded header."""
+
+    def find(self, path: str) -> dict[str, Any] | None:
+        """The record (plus its `index`) of the leaf at key path `path`, or None."""
+
+    def leaf_types(self) -> tuple[list[tuple[str, list[int], bool, str | None]], list[int]]:
+        """The distinct `(dtype, shape, weak_type, key_impl)` of the leaves, and each leaf's index."""
+
+    def tree(self) -> bytes | None:
+        """The encoded msgpack of the header's `tree` value, or None if it has none."""
 
 def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArray[np.uint8], int]:
     """A parallel copy of `buf` at a multiple of `alignment`: it is `array[offset:offset + len(buf)]`."""

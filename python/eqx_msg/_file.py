@@ -14,7 +14,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _codec, _core, _leaves, _place
+from . import _codec, _core, _leaves, _place, _registry, _tree
 from ._errors import KeyPathError, LayoutError, LengthError
 from ._header import Header
 
@@ -249,9 +249,10 @@ class Reader:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.path = os.fspath(path)
         self._buf = _codec.as_bytes_array(self._map)
-        # Validates the whole file in Rust; the header is decoded in Python only when first needed,
-        # so opening and fetching one leaf never pays for decoding every record.
-        self._header_len, self._data_start = _core.inspect(self._buf)
+        # Validates the whole file in Rust, which keeps the decoded records: fetching one leaf or
+        # building the abstract tree never pays for decoding every record in Python.
+        self._file_header = _core.FileHeader(self._buf)
+        self._data_start = self._file_header.data_start
         self._decoded: dict[str, Any] | None = None
         self._index: dict[str, int] = {}
         self._header: Header | None = None
@@ -259,7 +260,7 @@ class Reader:
     @property
     def _raw(self) -> dict[str, Any]:
         if self._decoded is None:
-            self._decoded = _codec.decode_header(self._buf, self._header_len)
+            self._decoded = _codec.decode_header(self._buf, self._file_header.header_len)
             self._index = {r["path"]: i for i, r in enumerate(self._decoded["leaves"])}
         return self._decoded
 
@@ -315,7 +316,11 @@ class Reader:
 
     def abstract(self, allow: Any = ()) -> Any:
         """The saved pytree with `jax.ShapeDtypeStruct` leaves; no array data is read."""
-        return self.load(allow=allow, filter=lambda _: False)
+        # From the records Rust decoded at open: no Python decode of the whole header.
+        leaves = _leaves.abstract_leaves(*self._file_header.leaf_types())
+        tree = _codec.decode_tree(self._file_header.tree())
+        with _codec.gc_paused():
+            return _tree.unflatten(tree, leaves, _registry.allow_map(allow))
 
     def load(
         self,
@@ -351,11 +356,11 @@ class Reader:
         self.close()
 
     def _find(self, key: str) -> dict[str, Any] | None:
-        """The record at key path `key`: from the decoded header, or looked up by Rust if not yet."""
+        """The record at key path `key`: from the decoded header, or from Rust's if not yet."""
         if self._decoded is not None:
             index = self._index.get(key)
             return None if index is None else self._decoded["leaves"][index]
-        return _core.find_leaf(self._buf, key)  # no sharding record: `get` decodes for "saved"
+        return self._file_header.find(key)  # no sharding record: `get` decodes for "saved"
 
     def _record(self, key: str) -> dict[str, Any]:
         record = self._find(key)

@@ -120,6 +120,17 @@ def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:
     )
 
 
+def abstract_leaves(
+    types: Sequence[tuple[str, Sequence[int], bool, str | None]], which: Sequence[int]
+) -> list[jax.ShapeDtypeStruct]:
+    """Every leaf's `jax.ShapeDtypeStruct`, from `_core.FileHeader.leaf_types()`.
+
+    `types` are the distinct `(dtype, shape, weak_type, key_impl)`; leaf `i` has `types[which[i]]`.
+    """
+    distinct = [_abstract(tuple(shape), dtype, weak, impl) for dtype, shape, weak, impl in types]
+    return [distinct[i] for i in which]
+
+
 @functools.lru_cache(maxsize=4096)
 def _abstract(shape: tuple[int, ...], dtype: str, weak_type: bool, impl: str | None) -> Any:
     # Cached: a ShapeDtypeStruct costs ~5 us to build, and many leaves share a shape. It is immutable.

@@ -200,15 +200,17 @@ class _Builder:
                 ) from None
         return self.build(node, where)
 
-    def children(self, nodes: Any, where: str) -> list[Any]:
-        leaves, order = self.leaves, self.order
+    def children(self, nodes: Any, where: str, keys: Sequence[Any] | None = None) -> list[Any]:
+        """A node's children, named in errors by `keys` (a mapping's) or else by index."""
+        leaves, order, count = self.leaves, self.order, len(self.leaves)
         out = []
         for i, node in enumerate(_seq(nodes)):
-            if type(node) is int and 0 <= node < len(leaves):  # the hot path, inlined
+            if type(node) is int and 0 <= node < count:  # the hot path, inlined
                 order.append(node)
                 out.append(leaves[node])
             else:
-                out.append(self.child(node, f"{where}[{i}]"))
+                label = i if keys is None else repr(keys[i])
+                out.append(self.child(node, f"{where}[{label}]"))
         return out
 
     def build(self, node: Any, where: str) -> Any:
@@ -241,12 +243,11 @@ class _Builder:
         raise HeaderError(f"{where or 'the root'}: unknown tree node type {tag!r}")
 
     def items(self, node: dict[str, Any], where: str) -> Iterator[tuple[Any, Any]]:
-        keys, children = _seq(node["k"]), _seq(node["c"])
-        if len(keys) != len(children):
-            raise HeaderError(f"{where}: {len(keys)} keys but {len(children)} children")
-        for key, child in zip(keys, children):
-            key = _static.decode(key, self.allow, where)
-            yield key, self.child(child, f"{where}[{key!r}]")
+        stored, children = _seq(node["k"]), _seq(node["c"])
+        if len(stored) != len(children):
+            raise HeaderError(f"{where}: {len(stored)} keys but {len(children)} children")
+        keys = [_static.decode(key, self.allow, where) for key in stored]
+        return zip(keys, self.children(children, where, keys))
 
     def custom(self, node: dict[str, Any], where: str) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)

@@ -5,9 +5,10 @@
 
 #![warn(missing_docs)]
 
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
-use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, Reader};
+use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, LeafSpec, Reader};
 use numpy::npyffi::_PyArray_GET_ITEM_DATA;
 use numpy::{
     PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
@@ -134,36 +135,90 @@ fn inspect(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<(usize, us
         .map_err(py_err)
 }
 
-/// Validates a whole file and returns the record of the leaf at key path `path` (None if absent).
-///
-/// Lets a reader fetch one leaf without decoding the whole header in Python.
-#[pyfunction]
-fn find_leaf<'py>(
-    py: Python<'py>,
-    buf: PyReadonlyArray1<'_, u8>,
-    path: &str,
-) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let bytes = u8_slice(&buf, "the file buffer")?;
-    let found = py
-        .detach(|| {
+/// What a leaf's `jax.ShapeDtypeStruct` depends on: `(dtype, shape, weak_type, key_impl)`.
+type LeafType<'a> = (&'a str, &'a [u64], bool, Option<&'a str>);
+
+/// A validated file's header, decoded once: what a Python reader asks of it, answered without
+/// decoding every leaf record in Python.
+#[pyclass(frozen, module = "eqx_msg._core")]
+struct FileHeader {
+    leaves: Vec<LeafSpec>,
+    tree: Option<Vec<u8>>,
+    /// Length of the msgpack header in bytes.
+    #[pyo3(get)]
+    header_len: usize,
+    /// File offset of the data section.
+    #[pyo3(get)]
+    data_start: usize,
+}
+
+#[pymethods]
+impl FileHeader {
+    /// Validates a whole file (prefix, header, exact length) and keeps its decoded header.
+    #[new]
+    fn new(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<Self> {
+        let bytes = u8_slice(&buf, "the file buffer")?;
+        py.detach(|| {
             let reader = Reader::new(bytes)?;
-            Ok::<_, Error>(reader.find(path).map(|(i, leaf)| (i, leaf.clone())))
+            let (header_len, data_start) = (reader.header_len(), reader.data_start());
+            let header = reader.into_header();
+            Ok(FileHeader {
+                tree: header.tree.map(|v| v.as_bytes().to_vec()),
+                leaves: header.leaves,
+                header_len,
+                data_start,
+            })
         })
-        .map_err(py_err)?;
-    let Some((index, leaf)) = found else {
-        return Ok(None);
-    };
-    let record = PyDict::new(py);
-    record.set_item("index", index)?;
-    record.set_item("path", &leaf.path)?;
-    record.set_item("kind", leaf.kind.name())?;
-    record.set_item("dtype", &leaf.dtype)?;
-    record.set_item("shape", &leaf.shape)?;
-    record.set_item("offset", leaf.offset)?;
-    record.set_item("nbytes", leaf.nbytes)?;
-    record.set_item("weak_type", leaf.weak_type)?;
-    record.set_item("key_impl", &leaf.key_impl)?;
-    Ok(Some(record))
+        .map_err(py_err)
+    }
+
+    /// The record (plus its `index`) of the leaf at key path `path`, or None.
+    fn find<'py>(&self, py: Python<'py>, path: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((index, leaf)) = self.leaves.iter().enumerate().find(|(_, l)| l.path == path)
+        else {
+            return Ok(None);
+        };
+        let record = PyDict::new(py);
+        record.set_item("index", index)?;
+        record.set_item("path", &leaf.path)?;
+        record.set_item("kind", leaf.kind.name())?;
+        record.set_item("dtype", &leaf.dtype)?;
+        record.set_item("shape", &leaf.shape)?;
+        record.set_item("offset", leaf.offset)?;
+        record.set_item("nbytes", leaf.nbytes)?;
+        record.set_item("weak_type", leaf.weak_type)?;
+        record.set_item("key_impl", &leaf.key_impl)?;
+        Ok(Some(record))
+    }
+
+    /// The distinct `(dtype, shape, weak_type, key_impl)` of the leaves, and for each leaf the
+    /// index of its own in that list: all an abstract tree needs, in a few Python objects.
+    fn leaf_types(&self) -> (Vec<LeafType<'_>>, Vec<usize>) {
+        let mut distinct = Vec::new();
+        let mut seen = HashMap::new();
+        let which = self
+            .leaves
+            .iter()
+            .map(|leaf| {
+                let t = (
+                    leaf.dtype.as_str(),
+                    leaf.shape.as_slice(),
+                    leaf.weak_type,
+                    leaf.key_impl.as_deref(),
+                );
+                *seen.entry(t).or_insert_with(|| {
+                    distinct.push(t);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        (distinct, which)
+    }
+
+    /// The encoded msgpack of the header's `tree` value, or None if the header has none.
+    fn tree<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.tree.as_deref().map(|t| PyBytes::new(py, t))
+    }
 }
 
 /// A copy of `buf` starting at a multiple of `alignment`: `(array, offset)`, the copy being
@@ -346,7 +401,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage_nbytes, m)?)?;
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
-    m.add_function(wrap_pyfunction!(find_leaf, m)?)?;
+    m.add_class::<FileHeader>()?;
     m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
     m.add_function(wrap_pyfunction!(total_len, m)?)?;
     m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
