@@ -163,13 +163,17 @@ def test_malformed_or_hostile_tree(tree, error, tmp_path):
         reader.abstract()
 
 
-def test_abstract_of_a_header_without_tree(tmp_path):
+def test_a_header_without_tree_is_refused(tmp_path):
     header = _header([_leaf(0, 16)], 64)
     del header["tree"]
     path = tmp_path / "t.eqx"
     path.write_bytes(_frame(header, bytes(64)))
-    with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.HeaderError, match="tree"):
-        reader.abstract()
+    for read in (eqx_msg.loads, eqx_msg.header):
+        with pytest.raises(eqx_msg.HeaderError, match='header field "tree" is missing'):
+            read(path.read_bytes())
+    for read in (eqx_msg.load, eqx_msg.open):
+        with pytest.raises(eqx_msg.HeaderError, match='header field "tree" is missing'):
+            read(path)
 
 
 def test_nothing_is_imported_because_a_file_names_it():

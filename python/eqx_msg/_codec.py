@@ -108,10 +108,8 @@ def decode_header(buf: np.ndarray, header_len: int) -> dict[str, Any]:
     return _unpack(header, f"header at byte {_core.PREFIX_LEN}")
 
 
-def decode_tree(encoded: bytes | None) -> Any:
+def decode_tree(encoded: bytes) -> Any:
     """Decode the `tree` value of a header that `_core.FileHeader` has validated."""
-    if encoded is None:
-        raise HeaderError('the header has no "tree" field')
     return _unpack(encoded, 'header field "tree"')
 
 

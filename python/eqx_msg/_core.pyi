@@ -62,8 +62,8 @@ class FileHeader:
     def leaf_types(self) -> tuple[list[tuple[str, list[int], bool, str | None]], list[int]]:
         """The distinct `(dtype, shape, weak_type, key_impl)` of the leaves, and each leaf's index."""
 
-    def tree(self) -> bytes | None:
-        """The encoded msgpack of the header's `tree` value, or None if it has none."""
+    def tree(self) -> bytes:
+        """The encoded msgpack of the header's `tree` value."""
 
 def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArray[np.uint8], int]:
     """A parallel copy of `buf` at a multiple of `alignment`: it is `array[offset:offset + len(buf)]`."""

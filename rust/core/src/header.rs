@@ -93,7 +93,7 @@ pub struct Header<'a> {
     /// The leaf records, in tree index order.
     pub leaves: Vec<LeafSpec>,
     /// The root tree node (FORMAT.md section 4), checked but undecoded.
-    pub tree: Option<RawValue<'a>>,
+    pub tree: RawValue<'a>,
     /// The user's metadata, checked but undecoded.
     pub metadata: Option<RawValue<'a>>,
     /// The writer's software versions, checked but undecoded.
@@ -228,9 +228,10 @@ impl<'a> Header<'a> {
             return Err(Error::MissingField { field: field(4) });
         }
         let [tree, metadata, writer] = raw;
+        let tree = tree.ok_or_else(|| Error::MissingField { field: field(5) })?;
         // The root node is a map, or a bare leaf index when the whole tree is one array.
-        if let Some(v) = tree.filter(|v| !v.is_map() && !v.is_uint()) {
-            let found = Cursor::at(v.as_bytes(), 0).next()?;
+        if !tree.is_map() && !tree.is_uint() {
+            let found = Cursor::at(tree.as_bytes(), 0).next()?;
             return Err(wrong(&field(5), "map or leaf index", &found));
         }
         if let Some(v) = writer.filter(|v| !v.is_map()) {
@@ -588,7 +589,7 @@ mod tests {
         assert_eq!(h.leaves[2].kind, LeafKind::Abstract);
         assert_eq!(h.leaves[2].key_impl.as_deref(), Some("threefry2x32"));
         assert!(h.leaves[1].weak_type);
-        assert!(h.tree.unwrap().is_map() && h.writer.unwrap().is_map());
+        assert!(h.tree.is_map() && h.writer.unwrap().is_map());
         let meta = h.metadata.unwrap().decode().unwrap();
         assert_eq!(meta, map(vec![("epoch", Value::from(3))]));
     }
@@ -625,7 +626,14 @@ mod tests {
 
     #[test]
     fn missing_and_wrong_fields() {
-        for key in ["format", "version", "alignment", "data_nbytes", "leaves"] {
+        for key in [
+            "format",
+            "version",
+            "alignment",
+            "data_nbytes",
+            "leaves",
+            "tree",
+        ] {
             let e = Header::decode(&enc(&without_root(good_header(), key))).unwrap_err();
             assert_eq!(e.kind(), "HeaderError", "{key}");
             assert!(e.to_string().contains(key));

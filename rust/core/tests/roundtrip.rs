@@ -163,7 +163,7 @@ fn metadata_and_tree_are_kept() {
     let r = Reader::new(&file).unwrap();
     let meta = r.header().metadata.unwrap().decode().unwrap();
     assert_eq!(meta, Value::Binary(vec![1, 2, 3]));
-    assert!(r.header().tree.as_ref().unwrap().is_map());
+    assert!(r.header().tree.is_map());
 }
 
 #[test]

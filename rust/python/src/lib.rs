@@ -143,7 +143,7 @@ type LeafType<'a> = (&'a str, &'a [u64], bool, Option<&'a str>);
 #[pyclass(frozen, module = "eqx_msg._core")]
 struct FileHeader {
     leaves: Vec<LeafSpec>,
-    tree: Option<Vec<u8>>,
+    tree: Vec<u8>,
     /// Length of the msgpack header in bytes.
     #[pyo3(get)]
     header_len: usize,
@@ -163,7 +163,7 @@ impl FileHeader {
             let (header_len, data_start) = (reader.header_len(), reader.data_start());
             let header = reader.into_header();
             Ok(FileHeader {
-                tree: header.tree.map(|v| v.as_bytes().to_vec()),
+                tree: header.tree.as_bytes().to_vec(),
                 leaves: header.leaves,
                 header_len,
                 data_start,
@@ -215,9 +215,9 @@ impl FileHeader {
         (distinct, which)
     }
 
-    /// The encoded msgpack of the header's `tree` value, or None if the header has none.
-    fn tree<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.tree.as_deref().map(|t| PyBytes::new(py, t))
+    /// The encoded msgpack of the header's `tree` value.
+    fn tree<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.tree)
     }
 }
 
