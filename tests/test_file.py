@@ -74,7 +74,10 @@ def test_cpu_jax_leaves_alias_the_map(tmp_path):
     eqx_msg.save(path, {"w": jnp.arange(1 << 16, dtype=jnp.float32), "small": jnp.ones(3)})
     with eqx_msg.open(path) as reader:
         view = reader["['w']"]
-        base, end = reader._buf.ctypes.data, reader._buf.ctypes.data + len(reader._buf)
+        base, end = (
+            reader._file.buf.ctypes.data,
+            reader._file.buf.ctypes.data + len(reader._file.buf),
+        )
     loaded = eqx_msg.load(path)
     for leaf in loaded.values():
         pointer = leaf.unsafe_buffer_pointer()
@@ -83,9 +86,9 @@ def test_cpu_jax_leaves_alias_the_map(tmp_path):
     assert view.ctypes.data >= base and view.ctypes.data < end
     reader2 = eqx_msg.open(path)
     arrays = reader2.load()
-    start = reader2._buf.ctypes.data
-    assert start <= arrays["w"].unsafe_buffer_pointer() < start + len(reader2._buf)
-    assert start <= arrays["small"].unsafe_buffer_pointer() < start + len(reader2._buf)
+    start = reader2._file.buf.ctypes.data
+    assert start <= arrays["w"].unsafe_buffer_pointer() < start + len(reader2._file.buf)
+    assert start <= arrays["small"].unsafe_buffer_pointer() < start + len(reader2._file.buf)
 
 
 def test_map_stays_alive_while_arrays_use_it(tmp_path):
@@ -279,7 +282,10 @@ def test_reader_fetches_one_leaf_without_decoding_the_header(tmp_path):
         assert "['k']" in reader and "['zz']" not in reader
         key = reader.get("['k']")
         assert jax.random.key_impl(key) == jax.random.key_impl(tree["k"])
-        assert reader._decoded is None  # nothing above needed the Python-side header
         with pytest.raises(eqx_msg.KeyPathError, match="zz"):
             reader["['zz']"]
-        assert reader.keys() == ["['a']", "['k']"]
+        assert reader.keys() == ["['a']", "['k']"] and len(reader) == 2
+        assert jax.tree.structure(reader.load()) == jax.tree.structure(tree)
+        assert reader.abstract()["a"].shape == (2, 3)
+        assert reader._file._raw is None  # nothing above needed the Python-side header
+        assert reader.metadata is None and reader._file._raw is not None

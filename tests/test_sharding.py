@@ -73,7 +73,7 @@ def test_row_shards_alias_the_map(tmp_path):
     reader = eqx_msg.open(path)
     sharding = NamedSharding(_mesh((8,), ("d",)), P("d"))
     w = reader.get("['w']", sharding=sharding)
-    start, end = reader._buf.ctypes.data, reader._buf.ctypes.data + len(reader._buf)
+    start, end = reader._file.buf.ctypes.data, reader._file.buf.ctypes.data + len(reader._file.buf)
     pointers = [s.data.unsafe_buffer_pointer() for s in w.addressable_shards]
     assert all(start <= p < end for p in pointers)
 

@@ -13,12 +13,12 @@ with eqx_msg.open("model.eqx") as reader:    # lazy: one leaf, a slice, a subtre
 from typing import Any
 
 from ._codec import (
+    File,
     as_bytes_array,
     dumps,
     dumps_into,
     dumps_size,
     loads,
-    read_header,
     validate_header,
 )
 from ._core import VERSION as FORMAT_VERSION
@@ -49,8 +49,7 @@ def header(data: Any) -> Header:
     if isinstance(data, str) or hasattr(data, "__fspath__"):
         with open(data) as reader:
             return reader.header
-    raw, _ = read_header(as_bytes_array(data))
-    return validate_header(raw)
+    return validate_header(File(as_bytes_array(data)).raw)
 
 
 __all__ = [

@@ -96,14 +96,36 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_header(buf: np.ndarray) -> tuple[dict[str, Any], int]:
-    """Validate a whole file in `buf` (Rust) and decode its header; returns (header, data_start)."""
-    header_len, data_start = _core.inspect(buf)
-    return decode_header(buf, header_len), data_start
+class File:
+    """A validated eqx_msg file in memory: Rust's decoded header, and the Python decode on demand.
+
+    Loading and fetching leaves use what Rust decoded while validating (leaf table, key paths, the
+    encoded tree); only `raw` (metadata, shardings, the pydantic model) decodes the whole header in
+    Python.
+    """
+
+    def __init__(self, buf: np.ndarray):
+        """Validate the whole file in `buf` (prefix, header, every byte range; no data is read)."""
+        self.buf = buf
+        self.header = _core.FileHeader(buf)
+        self.data_start = self.header.data_start
+        self._raw: dict[str, Any] | None = None
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The header decoded by `msgpack` (first use only)."""
+        if self._raw is None:
+            self._raw = decode_header(self.buf, self.header.header_len)
+        return self._raw
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The leaf records, as dicts."""
+        return self.raw["leaves"]
 
 
 def decode_header(buf: np.ndarray, header_len: int) -> dict[str, Any]:
-    """Decode the msgpack header of a file that `_core.inspect` has validated."""
+    """Decode the msgpack header of a file that Rust has validated."""
     header = buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len]
     return _unpack(header, f"header at byte {_core.PREFIX_LEN}")
 
@@ -129,9 +151,7 @@ def validate_header(raw: dict[str, Any]) -> Header:
 
 
 def rebuild(
-    header: dict[str, Any],
-    buf: np.ndarray,
-    data_start: int,
+    file: File,
     *,
     like: Any = None,
     allow: Any = (),
@@ -139,29 +159,36 @@ def rebuild(
     sharding: Any = None,
     select: Callable[[str], bool] | None = None,
 ) -> Any:
-    """Rebuild the pytree of a decoded header from the file bytes `buf`; arguments as for `load`."""
-    records = header["leaves"]
+    """Rebuild the pytree of a validated file; arguments as for `load`."""
+    table = _leaves.Table(*file.header.leaf_table())
     allowed = _registry.allow_map(allow)
-    selected = None if select is None else [bool(select(r["path"])) for r in records]
-    shardings = _place.resolve_shardings(
-        sharding, records, lambda i: _leaves.abstract_leaf(records[i])
-    )
+    paths = file.header.paths
+    selected = None if select is None else [bool(select(p)) for p in paths()]
+    shardings = None
+    if sharding is not None:
+        records = file.records
+        shardings = _place.resolve_shardings(
+            sharding, records, lambda i: _leaves.abstract_leaf(records[i])
+        )
+    tree = decode_tree(file.header.tree())
     with gc_paused():
-        leaves = _leaves.build_leaves(records, buf, data_start, device, shardings, selected)
+        leaves = _leaves.build_leaves(
+            table, file.buf, file.data_start, device, shardings, selected, paths
+        )
         if like is None:
-            return _tree.unflatten(header["tree"], leaves, allowed)
-        return match_like(like, header["tree"], records, leaves, allowed)
+            return _tree.unflatten(tree, leaves, allowed)
+        return match_like(like, tree, paths(), leaves, allowed)
 
 
 def match_like(
     like: Any,
     tree: Any,
-    records: Sequence[dict[str, Any]],
+    paths: Sequence[str],
     leaves: Sequence[Any],
     allow: Mapping[str, Any],
 ) -> Any:
     """Fill `like`'s structure with the file's leaves by key path; report every mismatch at once."""
-    found: dict[str, Any] = {r["path"]: leaf for r, leaf in zip(records, leaves)}
+    found: dict[str, Any] = dict(zip(paths, leaves))
     values = dict(_tree.value_paths(tree))
     wanted, treedef = jtu.tree_flatten_with_path(like)
     problems: list[str] = []
@@ -284,22 +311,24 @@ def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:
     placed on the default device (on the CPU they alias `data` when it is 64-byte aligned, e.g. an
     mmap). Leave a writable `data` unchanged while the tree is in use.
     """
-    buf = as_bytes_array(data)
-    header, data_start = read_header(buf)
-    if _worth_aligning(buf, header):
-        copy, offset = _core.aligned_copy(buf, _core.MIN_ALIGNMENT)
-        buf = copy[offset : offset + len(buf)]
-        buf.flags.writeable = False
-    return rebuild(header, buf, data_start, like=like, allow=allow)
+    file = File(as_bytes_array(data))
+    if _worth_aligning(file):
+        copy, offset = _core.aligned_copy(file.buf, _core.MIN_ALIGNMENT)
+        file.buf = copy[offset : offset + len(file.buf)]
+        file.buf.flags.writeable = False
+    return rebuild(file, like=like, allow=allow)
 
 
-def _worth_aligning(buf: np.ndarray, header: dict[str, Any]) -> bool:
+def _worth_aligning(file: File) -> bool:
     """Whether to copy misaligned data once, in parallel, so that XLA aliases every jax leaf.
 
     A `bytes` object's data is never 64-byte aligned, and XLA copies misaligned host buffers leaf by
     leaf, single-threaded (~3x slower than one parallel copy of the whole buffer).
     """
-    if buf.ctypes.data % _core.MIN_ALIGNMENT == 0 or header["data_nbytes"] < _ALIGN_COPY_MIN:
+    data_nbytes = len(file.buf) - file.data_start
+    if file.buf.ctypes.data % _core.MIN_ALIGNMENT == 0 or data_nbytes < _ALIGN_COPY_MIN:
         return False
-    placed = sum(r.get("nbytes") or 0 for r in header["leaves"] if r["kind"] in ("jax", "key"))
-    return placed >= header["data_nbytes"] // 2
+    kinds, _, types, which = file.header.leaf_table()
+    sizes = [_core.storage_nbytes(dtype, shape) for dtype, shape, _, _ in types]
+    placed = sum(sizes[w] for k, w in zip(kinds, which) if k in ("jax", "key"))
+    return placed >= data_nbytes // 2

@@ -59,8 +59,16 @@ class FileHeader:
     def find(self, path: str) -> dict[str, Any] | None:
         """The record (plus its `index`) of the leaf at key path `path`, or None."""
 
-    def leaf_types(self) -> tuple[list[tuple[str, list[int], bool, str | None]], list[int]]:
-        """The distinct `(dtype, shape, weak_type, key_impl)` of the leaves, and each leaf's index."""
+    def leaf_table(
+        self,
+    ) -> tuple[
+        list[str], list[int | None], list[tuple[str, list[int], bool, str | None]], list[int]
+    ]:
+        """`(kinds, offsets, types, which)`: per leaf its kind and data offset (None if abstract);
+        the distinct `(dtype, shape, weak_type, key_impl)`; and each leaf's index among them."""
+
+    def paths(self) -> list[str]:
+        """The key path of every leaf, in file order."""
 
     def tree(self) -> bytes:
         """The encoded msgpack of the header's `tree` value."""

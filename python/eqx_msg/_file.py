@@ -248,47 +248,32 @@ class Reader:
                 )
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.path = os.fspath(path)
-        self._buf = _codec.as_bytes_array(self._map)
         # Validates the whole file in Rust, which keeps the decoded records: fetching one leaf or
         # building the abstract tree never pays for decoding every record in Python.
-        self._file_header = _core.FileHeader(self._buf)
-        self._data_start = self._file_header.data_start
-        self._decoded: dict[str, Any] | None = None
-        self._index: dict[str, int] = {}
+        self._file = _codec.File(_codec.as_bytes_array(self._map))
         self._header: Header | None = None
-
-    @property
-    def _raw(self) -> dict[str, Any]:
-        if self._decoded is None:
-            self._decoded = _codec.decode_header(self._buf, self._file_header.header_len)
-            self._index = {r["path"]: i for i, r in enumerate(self._decoded["leaves"])}
-        return self._decoded
-
-    @property
-    def _records(self) -> list[dict[str, Any]]:
-        return self._raw["leaves"]
 
     @property
     def header(self) -> Header:
         """The validated header model."""
         if self._header is None:
-            self._header = _codec.validate_header(self._raw)
+            self._header = _codec.validate_header(self._file.raw)
         return self._header
 
     @property
     def metadata(self) -> Any:
         """The user metadata stored with `save(..., metadata=)`."""
-        return self._raw.get("metadata")
+        return self._file.raw.get("metadata")
 
     def keys(self) -> list[str]:
         """The key paths of the array leaves, in file order."""
-        return [r["path"] for r in self._records]
+        return self._file.header.paths()
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self.keys())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -298,17 +283,20 @@ class Reader:
         record = self._record(key)
         if record["kind"] == "abstract":
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
-        return _leaves.host_view(self._buf, record, self._data_start)
+        return _leaves.host_view(self._file.buf, record, self._file.data_start)
 
     def get(self, key: str, device: Any = None, sharding: Any = None) -> Any:
         """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""
         record = self._record(key)
         if sharding == "saved" and "index" in record:  # Rust's record lacks the sharding entry
-            record = self._records[record["index"]]
+            record = self._file.records[record["index"]]
         shardings = _place.resolve_shardings(
             sharding, [record], lambda _: _leaves.abstract_leaf(record)
         )
-        return _leaves.build_leaves([record], self._buf, self._data_start, device, shardings)[0]
+        table = _leaves.table_of([record])
+        return _leaves.build_leaves(
+            table, self._file.buf, self._file.data_start, device, shardings
+        )[0]
 
     def slice(self, key: str) -> _Slice:
         """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""
@@ -317,8 +305,8 @@ class Reader:
     def abstract(self, allow: Any = ()) -> Any:
         """The saved pytree with `jax.ShapeDtypeStruct` leaves; no array data is read."""
         # From the records Rust decoded at open: no Python decode of the whole header.
-        leaves = _leaves.abstract_leaves(*self._file_header.leaf_types())
-        tree = _codec.decode_tree(self._file_header.tree())
+        leaves = _leaves.abstract_leaves(_leaves.Table(*self._file.header.leaf_table()))
+        tree = _codec.decode_tree(self._file.header.tree())
         with _codec.gc_paused():
             return _tree.unflatten(tree, leaves, _registry.allow_map(allow))
 
@@ -333,9 +321,7 @@ class Reader:
     ) -> Any:
         """The whole pytree, or the part `filter` selects; arguments as for `eqx_msg.load`."""
         return _codec.rebuild(
-            self._raw,
-            self._buf,
-            self._data_start,
+            self._file,
             like=like,
             allow=allow,
             device=device,
@@ -345,7 +331,7 @@ class Reader:
 
     def close(self) -> None:
         """Drop the reader's references to the map; arrays still using it keep it alive."""
-        self._buf = None  # type: ignore[assignment]
+        self._file.buf = None  # type: ignore[assignment]
         with contextlib.suppress(BufferError):  # arrays still view the map: unmapped with the last
             self._map.close()
 
@@ -356,11 +342,8 @@ class Reader:
         self.close()
 
     def _find(self, key: str) -> dict[str, Any] | None:
-        """The record at key path `key`: from the decoded header, or from Rust's if not yet."""
-        if self._decoded is not None:
-            index = self._index.get(key)
-            return None if index is None else self._decoded["leaves"][index]
-        return self._file_header.find(key)  # no sharding record: `get` decodes for "saved"
+        """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
+        return self._file.header.find(key)
 
     def _record(self, key: str) -> dict[str, Any]:
         record = self._find(key)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -37,76 +37,144 @@ def host_array(record: dict[str, Any], source: Any) -> np.ndarray | None:
     return array
 
 
+class Table(NamedTuple):
+    """Per-leaf columns of a validated header: all that rebuilding the leaves needs.
+
+    `types` are the distinct `(dtype, shape, weak_type, key_impl)` of the leaves and `which[i]` is
+    leaf `i`'s index among them, as `_core.FileHeader.leaf_table()` gives them.
+    """
+
+    kinds: Sequence[str]
+    offsets: Sequence[int | None]
+    types: Sequence[tuple[str, Sequence[int], bool, str | None]]
+    which: Sequence[int]
+
+
+def table_of(records: Sequence[dict[str, Any]]) -> Table:
+    """The `Table` of decoded leaf records."""
+    types: dict[tuple[str, tuple[int, ...], bool, str | None], int] = {}
+    which = [
+        types.setdefault(
+            (r["dtype"], tuple(r["shape"]), bool(r.get("weak_type")), r.get("key_impl")),
+            len(types),
+        )
+        for r in records
+    ]
+    return Table(
+        [r["kind"] for r in records], [r.get("offset") for r in records], list(types), which
+    )
+
+
+class _Type(NamedTuple):
+    """What reading a leaf of one `(dtype, shape, weak_type, key_impl)` needs, computed once."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    count: int
+    nbytes: int
+    bits: int | None  # 4 or 2 for types packed on disk
+    weak_type: bool
+    key_impl: str | None
+    abstract: jax.ShapeDtypeStruct
+    x64_only: bool
+
+
+@functools.lru_cache(maxsize=4096)
+def _type(name: str, shape: tuple[int, ...], weak_type: bool, key_impl: str | None) -> _Type:
+    return _Type(
+        _dtypes.to_numpy(name),
+        shape,
+        math.prod(shape),
+        _core.storage_nbytes(name, shape),
+        _dtypes.PACKED_BITS.get(name),
+        weak_type,
+        key_impl,
+        _abstract(shape, name, weak_type, key_impl),  # an unknown key impl: HeaderError, up front
+        name in _X64_ONLY,
+    )
+
+
+def _types(table: Table) -> list[_Type]:
+    return [_type(name, tuple(shape), weak, impl) for name, shape, weak, impl in table.types]
+
+
+def _view(buf: np.ndarray, t: _Type, start: int) -> np.ndarray:
+    """A leaf's data at `start`: a read-only view into `buf` (a copy for packed dtypes)."""
+    if t.bits is not None:
+        unpacked = _core.unpack_subbyte(buf[start : start + t.nbytes], t.bits, t.count)
+        return np.frombuffer(unpacked, t.dtype).reshape(t.shape)
+    # The cheapest N-d view numpy has (~0.4 us; at 10k leaves it matters). Rust checked the range.
+    return np.ndarray(t.shape, t.dtype, buf, start)
+
+
 def host_view(buf: np.ndarray, record: dict[str, Any], data_start: int) -> np.ndarray:
     """A leaf's data as a numpy array: a read-only view into `buf` (a copy for packed dtypes)."""
-    name, shape = record["dtype"], record["shape"]
-    start = data_start + record["offset"]
-    bits = _dtypes.PACKED_BITS.get(name)
-    if bits is not None:
-        raw = buf[start : start + record["nbytes"]]
-        unpacked = _core.unpack_subbyte(raw, bits, math.prod(shape))
-        return np.frombuffer(unpacked, _dtypes.to_numpy(name)).reshape(shape)
-    # frombuffer of the read-only base is the cheapest view numpy has (~0.6 us; it matters at 10k leaves)
-    array = np.frombuffer(buf, _dtypes.to_numpy(name), math.prod(shape), start)
-    return array if len(shape) == 1 else array.reshape(shape)
+    t = _type(
+        record["dtype"],
+        tuple(record["shape"]),
+        bool(record.get("weak_type")),
+        record.get("key_impl"),
+    )
+    return _view(buf, t, data_start + record["offset"])
 
 
 def build_leaves(
-    records: Sequence[dict[str, Any]],
+    table: Table,
     buf: np.ndarray,
     data_start: int,
     device: Any = None,
     shardings: Sequence[Any] | None = None,
     selected: Sequence[bool] | None = None,
+    paths: Callable[[], Sequence[str]] | None = None,
 ) -> list[Any]:
-    """Rebuild every leaf object of `records` from the file bytes in `buf`.
+    """Rebuild every leaf object of a header's `table` from the file bytes in `buf`.
 
     numpy leaves are read-only views of `buf`; jax and key leaves are placed on devices in one
     batch (`device` / `shardings`: see `_place.put`); abstract leaves, and leaves not `selected`,
-    become `jax.ShapeDtypeStruct` without their bytes being read.
+    become `jax.ShapeDtypeStruct` without their bytes being read. `paths()` names leaves in warnings.
     """
-    leaves: list[Any] = [None] * len(records)
+    types = _types(table)
+    leaves: list[Any] = [None] * len(table.kinds)
     to_place: list[int] = []
     hosts: list[np.ndarray] = []
-    numpy_instead: list[str] = []
+    numpy_instead: list[int] = []
     x64 = jax.config.jax_enable_x64
-    for i, record in enumerate(records):
-        kind = record["kind"]
+    for i, (kind, offset, w) in enumerate(zip(table.kinds, table.offsets, table.which)):
+        t = types[w]
         if selected is not None and not selected[i]:
             kind = "abstract"
-        if kind == "numpy":
-            leaves[i] = host_view(buf, record, data_start)
-        elif kind == "jax" and (x64 or record["dtype"] not in _X64_ONLY):
-            to_place.append(i)
-            hosts.append(host_view(buf, record, data_start))
-        elif kind == "jax":  # 64-bit data stays exact: numpy, never a silently narrowed jax array
-            leaves[i] = host_view(buf, record, data_start)
-            numpy_instead.append(record["path"])
-        elif kind == "key":
-            _key_dtype(record["key_impl"])  # an unknown impl is a HeaderError, before any work
-            to_place.append(i)
-            hosts.append(host_view(buf, record, data_start))
+        if kind == "jax" or kind == "key":
+            if kind == "key" or x64 or not t.x64_only:
+                to_place.append(i)
+                hosts.append(_view(buf, t, data_start + offset))
+            else:  # 64-bit data stays exact: numpy, never a silently narrowed jax array
+                leaves[i] = _view(buf, t, data_start + offset)
+                numpy_instead.append(i)
+        elif kind == "numpy":
+            leaves[i] = _view(buf, t, data_start + offset)
         elif kind == "numpy_scalar":
-            leaves[i] = host_view(buf, record, data_start)[()]
+            leaves[i] = _view(buf, t, data_start + offset)[()]
         elif kind == "abstract":
-            leaves[i] = abstract_leaf(record)
+            leaves[i] = t.abstract
         else:
-            raise LayoutError(f"leaf {i} ({record.get('path')}): unknown kind {kind!r}")
+            raise LayoutError(f"leaf {i}: unknown kind {kind!r}")
     if numpy_instead:
+        names = paths() if paths is not None else None
+        shown = [names[i] if names is not None else f"leaf {i}" for i in numpy_instead[:3]]
         warnings.warn(
-            f"{len(numpy_instead)} 64-bit jax leaves ({', '.join(numpy_instead[:3])}...) load as "
-            "numpy arrays because jax_enable_x64 is off; enable it to get jax arrays",
+            f"{len(numpy_instead)} 64-bit jax leaves ({', '.join(shown)}...) load as numpy arrays "
+            "because jax_enable_x64 is off; enable it to get jax arrays",
             stacklevel=3,
         )
     placed = _place.put(
         hosts,
-        [bool(records[i].get("weak_type")) for i in to_place],
+        [types[table.which[i]].weak_type for i in to_place],
         device,
         None if shardings is None else [shardings[i] for i in to_place],
     )
     for i, array in zip(to_place, placed):
-        impl = records[i].get("key_impl")
-        leaves[i] = array if impl is None else jax.random.wrap_key_data(array, impl=impl)
+        impl = types[table.which[i]].key_impl
+        leaves[i] = array if table.kinds[i] != "key" else jax.random.wrap_key_data(array, impl=impl)
     return leaves
 
 
@@ -120,15 +188,12 @@ def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:
     )
 
 
-def abstract_leaves(
-    types: Sequence[tuple[str, Sequence[int], bool, str | None]], which: Sequence[int]
-) -> list[jax.ShapeDtypeStruct]:
-    """Every leaf's `jax.ShapeDtypeStruct`, from `_core.FileHeader.leaf_types()`.
-
-    `types` are the distinct `(dtype, shape, weak_type, key_impl)`; leaf `i` has `types[which[i]]`.
-    """
-    distinct = [_abstract(tuple(shape), dtype, weak, impl) for dtype, shape, weak, impl in types]
-    return [distinct[i] for i in which]
+def abstract_leaves(table: Table) -> list[jax.ShapeDtypeStruct]:
+    """Every leaf's `jax.ShapeDtypeStruct`, from a header's table."""
+    distinct = [
+        _type(name, tuple(shape), weak, impl).abstract for name, shape, weak, impl in table.types
+    ]
+    return [distinct[i] for i in table.which]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -137,6 +137,13 @@ fn inspect(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<(usize, us
 
 /// What a leaf's `jax.ShapeDtypeStruct` depends on: `(dtype, shape, weak_type, key_impl)`.
 type LeafType<'a> = (&'a str, &'a [u64], bool, Option<&'a str>);
+/// `FileHeader.leaf_table()`: kinds, offsets, distinct types, and each leaf's type.
+type LeafTable<'a> = (
+    Vec<&'static str>,
+    Vec<Option<u64>>,
+    Vec<LeafType<'a>>,
+    Vec<usize>,
+);
 
 /// A validated file's header, decoded once: what a Python reader asks of it, answered without
 /// decoding every leaf record in Python.
@@ -191,10 +198,12 @@ impl FileHeader {
         Ok(Some(record))
     }
 
-    /// The distinct `(dtype, shape, weak_type, key_impl)` of the leaves, and for each leaf the
-    /// index of its own in that list: all an abstract tree needs, in a few Python objects.
-    fn leaf_types(&self) -> (Vec<LeafType<'_>>, Vec<usize>) {
-        let mut distinct = Vec::new();
+    /// What rebuilding the leaves needs, in a few Python objects: `(kinds, offsets, types, which)`.
+    ///
+    /// Per leaf its kind name and data offset (None for abstract leaves); `types` are the distinct
+    /// `(dtype, shape, weak_type, key_impl)` of the leaves and `which[i]` is leaf `i`'s among them.
+    fn leaf_table(&self) -> LeafTable<'_> {
+        let mut types = Vec::new();
         let mut seen = HashMap::new();
         let which = self
             .leaves
@@ -207,12 +216,19 @@ impl FileHeader {
                     leaf.key_impl.as_deref(),
                 );
                 *seen.entry(t).or_insert_with(|| {
-                    distinct.push(t);
-                    distinct.len() - 1
+                    types.push(t);
+                    types.len() - 1
                 })
             })
             .collect();
-        (distinct, which)
+        let kinds = self.leaves.iter().map(|l| l.kind.name()).collect();
+        let offsets = self.leaves.iter().map(|l| l.offset).collect();
+        (kinds, offsets, types, which)
+    }
+
+    /// The key path of every leaf, in file order.
+    fn paths(&self) -> Vec<&str> {
+        self.leaves.iter().map(|l| l.path.as_str()).collect()
     }
 
     /// The encoded msgpack of the header's `tree` value.
