@@ -187,6 +187,16 @@ def header_problem(work: Workload, listing: list[tuple[str, tuple[int, ...], str
     return None
 
 
+def abstract_problem(work: Workload, tree: Any) -> str | None:
+    """Whether an abstract tree has the workload's structure, shapes and dtypes."""
+    if jax.tree.structure(tree) != jax.tree.structure(work.abstract):
+        return "abstract tree: not the saved structure"
+    for got, want in zip(jax.tree.leaves(tree), jax.tree.leaves(work.abstract)):
+        if (got.shape, got.dtype) != (want.shape, want.dtype):
+            return f"abstract leaf {got.shape} {got.dtype}, not {want.shape} {want.dtype}"
+    return None
+
+
 # ---- physical limits -----------------------------------------------------------------------------
 
 

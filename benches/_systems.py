@@ -117,6 +117,10 @@ class System:
         """Fetch one leaf (`work.one_key`) without loading the rest."""
         raise NotSupported("no index: only a full load")
 
+    def open_abstract_one(self, path: str, work: Workload) -> tuple[Any, Any]:
+        """(the tree with ShapeDtypeStruct leaves, one leaf), reading only that leaf's data."""
+        raise NotSupported("no tree structure without a full load")
+
     def header_only(self, path: str, work: Workload) -> list[tuple[str, tuple[int, ...], str]]:
         """List (key, shape, dtype) of every leaf without reading array data."""
         raise NotSupported("no header: only a full load")
@@ -176,6 +180,10 @@ class EqxMsg(System):
     def open_one(self, path: str, work: Workload) -> Any:
         with self.m.open(path) as reader:
             return reader[work.one_key]
+
+    def open_abstract_one(self, path: str, work: Workload) -> tuple[Any, Any]:
+        with self.m.open(path) as reader:
+            return reader.abstract(), reader[work.one_key]
 
     def header_only(self, path: str, work: Workload) -> list[tuple[str, tuple[int, ...], str]]:
         return [(leaf.path, tuple(leaf.shape), leaf.dtype) for leaf in self.m.header(path).leaves]

@@ -36,6 +36,7 @@ from _measure import (  # noqa: E402
     BUDGET,
     SLOW,
     Cell,
+    abstract_problem,
     fresh,
     header_problem,
     leaf_problem,
@@ -63,6 +64,7 @@ OPS: list[tuple[str, str, str | None, bool]] = [
     ("load_numpy", "load -> numpy", "readinto", True),
     ("load_jax", "load -> jax arrays", "readinto", True),
     ("open_one", "open + fetch one leaf", None, True),
+    ("open_abstract", "open + abstract tree + one leaf", None, True),
     ("header", "header only (keys, shapes)", None, False),
     ("size", "file size", None, False),
     ("rss_save", "peak RSS: save", None, False),
@@ -157,6 +159,13 @@ def file_cells(system: System, work: Workload, path: str, repeat: int) -> dict[s
             repeat,
             check=lambda x: leaf_problem(work.one_leaf(), x, "any"),
         )[0],
+        "open_abstract": timed(
+            lambda: system.open_abstract_one(path, work),
+            repeat,
+            check=lambda x: (
+                abstract_problem(work, x[0]) or leaf_problem(work.one_leaf(), x[1], "any")
+            ),
+        )[0],
         "header": timed(
             lambda: system.header_only(path, work), repeat, check=lambda h: header_problem(work, h)
         )[0],
@@ -220,7 +229,10 @@ def bench_system(
             detail="no file: save failed",
         )
         cells.update(
-            {op: failed for op in ("load_numpy", "load_jax", "open_one", "header", "size")}
+            {
+                op: failed
+                for op in ("load_numpy", "load_jax", "open_one", "open_abstract", "header", "size")
+            }
         )
     if rss and saved:
         cells["rss_load"] = rss_cell(system, work, sizes, "load", path)
@@ -426,6 +438,14 @@ def targets(results: dict[str, Result]) -> list[Target]:
     out += [
         _time_target(f"W2 numpy leaves: eqx_msg {op} <= 50 ms", mine("W2-np", op=op), 0.050)
         for op in ("dumps", "loads")
+    ]
+    out += [
+        _time_target(
+            f"{work}: open + abstract() + fetch one leaf < 20 ms",
+            mine(work, op="open_abstract"),
+            0.020,
+        )
+        for work in ("W2-np", "W2-jax")
     ]
     out.append(
         _ratio_target(

@@ -141,21 +141,20 @@ def build_leaves(
     x64 = jax.config.jax_enable_x64
     for i, (kind, offset, w) in enumerate(zip(table.kinds, table.offsets, table.which)):
         t = types[w]
-        if selected is not None and not selected[i]:
-            kind = "abstract"
-        if kind == "jax" or kind == "key":
-            if kind == "key" or x64 or not t.x64_only:
-                to_place.append(i)
-                hosts.append(_view(buf, t, data_start + offset))
-            else:  # 64-bit data stays exact: numpy, never a silently narrowed jax array
-                leaves[i] = _view(buf, t, data_start + offset)
-                numpy_instead.append(i)
-        elif kind == "numpy":
-            leaves[i] = _view(buf, t, data_start + offset)
-        elif kind == "numpy_scalar":
-            leaves[i] = _view(buf, t, data_start + offset)[()]
-        elif kind == "abstract":
+        if kind == "abstract" or (selected is not None and not selected[i]):
             leaves[i] = t.abstract
+            continue
+        view = _view(buf, t, data_start + offset)
+        if (kind == "jax" and (x64 or not t.x64_only)) or kind == "key":
+            to_place.append(i)
+            hosts.append(view)
+        elif kind == "jax":  # 64-bit data stays exact: numpy, never a silently narrowed jax array
+            leaves[i] = view
+            numpy_instead.append(i)
+        elif kind == "numpy":
+            leaves[i] = view
+        elif kind == "numpy_scalar":
+            leaves[i] = view[()]
         else:
             raise LayoutError(f"leaf {i}: unknown kind {kind!r}")
     if numpy_instead:
