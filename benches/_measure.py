@@ -180,7 +180,7 @@ def tree_problem(work: Workload, got: Any, kind: str) -> str | None:
     return "; ".join(problems) or None
 
 
-def header_problem(work: Workload, listing: list[tuple[str, tuple[int, ...], str]]) -> str | None:
+def header_problem(work: Workload, listing: list[tuple[str, tuple[int, ...], Any]]) -> str | None:
     """Whether a header listing names as many leaves as the workload has."""
     if len(listing) != len(work.leaves):
         return f"{len(listing)} entries, not {len(work.leaves)}"

@@ -198,6 +198,12 @@ def test_reader_abstract_matches_a_load_that_reads_nothing(tmp_path):
         assert type(got) is type(want) and got == want
     assert abstract["weak"].weak_type
     assert abstract["keys"].dtype == jax.eval_shape(lambda: KEY).dtype
+    with eqx_msg.open(path) as reader:
+        specs = reader.specs()
+    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    arrays = {jax.tree_util.keystr(p): x for p, x in flat if isinstance(x, jax.ShapeDtypeStruct)}
+    assert list(specs) == reader.keys() and specs == arrays
+    assert specs["['keys']"].shape == (3,) and specs["['same'][0]"].shape == (2, 3)
 
 
 def test_reader_load_subtree_with_filter(tmp_path):

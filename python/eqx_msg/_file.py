@@ -269,6 +269,11 @@ class Reader:
         """The key paths of the array leaves, in file order."""
         return self._file.header.paths()
 
+    def specs(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """Key path -> `jax.ShapeDtypeStruct` of every array leaf, in file order; no data is read."""
+        table = _leaves.Table(*self._file.header.leaf_table())
+        return dict(zip(self.keys(), _leaves.abstract_leaves(table)))
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
 
