@@ -53,13 +53,7 @@ class Table(NamedTuple):
 def table_of(records: Sequence[dict[str, Any]]) -> Table:
     """The `Table` of decoded leaf records."""
     types: dict[tuple[str, tuple[int, ...], bool, str | None], int] = {}
-    which = [
-        types.setdefault(
-            (r["dtype"], tuple(r["shape"]), bool(r.get("weak_type")), r.get("key_impl")),
-            len(types),
-        )
-        for r in records
-    ]
+    which = [types.setdefault(_type_key(r), len(types)) for r in records]
     return Table(
         [r["kind"] for r in records], [r.get("offset") for r in records], list(types), which
     )
@@ -107,15 +101,23 @@ def _view(buf: np.ndarray, t: _Type, start: int) -> np.ndarray:
     return np.ndarray(t.shape, t.dtype, buf, start)
 
 
-def host_view(buf: np.ndarray, record: dict[str, Any], data_start: int) -> np.ndarray:
-    """A leaf's data as a numpy array: a read-only view into `buf` (a copy for packed dtypes)."""
-    t = _type(
+def _type_key(record: dict[str, Any]) -> tuple[str, tuple[int, ...], bool, str | None]:
+    """A record's `(dtype, shape, weak_type, key_impl)`."""
+    return (
         record["dtype"],
         tuple(record["shape"]),
         bool(record.get("weak_type")),
         record.get("key_impl"),
     )
-    return _view(buf, t, data_start + record["offset"])
+
+
+def _type_of(record: dict[str, Any]) -> _Type:
+    return _type(*_type_key(record))
+
+
+def host_view(buf: np.ndarray, record: dict[str, Any], data_start: int) -> np.ndarray:
+    """A leaf's data as a numpy array: a read-only view into `buf` (a copy for packed dtypes)."""
+    return _view(buf, _type_of(record), data_start + record["offset"])
 
 
 def build_leaves(
@@ -179,12 +181,7 @@ def build_leaves(
 
 def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:
     """The `jax.ShapeDtypeStruct` a record describes (typed PRNG keys included)."""
-    return _abstract(
-        tuple(record["shape"]),
-        record["dtype"],
-        bool(record.get("weak_type", False)),
-        record.get("key_impl"),
-    )
+    return _type_of(record).abstract
 
 
 def abstract_leaves(table: Table) -> list[jax.ShapeDtypeStruct]:
