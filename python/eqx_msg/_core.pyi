@@ -42,9 +42,6 @@ def storage_nbytes(dtype: str, shape: Sequence[int]) -> int:
 def layout(nbytes: Sequence[int], alignment: int) -> tuple[list[int], int]:
     """Offsets of leaves of these sizes laid out in order at `alignment`, and `data_nbytes`."""
 
-def inspect(buf: npt.NDArray[np.uint8]) -> tuple[int, int]:
-    """Validate a whole file (prefix, header, exact length); return `(header_len, data_start)`."""
-
 class FileHeader:
     """A validated file's header, decoded once in Rust: lookups without a Python decode of it all."""
 

@@ -127,14 +127,6 @@ fn layout(nbytes: Vec<u64>, alignment: u64) -> PyResult<(Vec<u64>, u64)> {
     eqx::layout::plan(&nbytes, alignment).map_err(py_err)
 }
 
-/// Validates a whole file; returns `(header_len, data_start)`.
-#[pyfunction]
-fn inspect(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<(usize, usize)> {
-    let bytes = u8_slice(&buf, "the file buffer")?;
-    py.detach(|| Reader::new(bytes).map(|r| (r.header_len(), r.data_start())))
-        .map_err(py_err)
-}
-
 /// What a leaf's `jax.ShapeDtypeStruct` depends on: `(dtype, shape, weak_type, key_impl)`.
 type LeafType<'a> = (&'a str, &'a [u64], bool, Option<&'a str>);
 /// `FileHeader.leaf_table()`: kinds, offsets, distinct types, and each leaf's type.
@@ -416,7 +408,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dtype_bits, m)?)?;
     m.add_function(wrap_pyfunction!(storage_nbytes, m)?)?;
     m.add_function(wrap_pyfunction!(layout, m)?)?;
-    m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_class::<FileHeader>()?;
     m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
     m.add_function(wrap_pyfunction!(total_len, m)?)?;
