@@ -68,15 +68,20 @@ def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
     return Plan(encoded, flat.records, flat.sources, data_nbytes)
 
 
-def as_bytes_array(data: Any) -> np.ndarray:
-    """A read-only 1-D uint8 view of bytes, bytearray, memoryview, mmap or a uint8 array."""
+def as_bytes_array(data: Any, *, writable: bool = False) -> np.ndarray:
+    """A 1-D uint8 view of bytes, bytearray, memoryview, mmap or a numpy array.
+
+    Read-only unless `writable`, which requires a writable buffer (TypeError otherwise).
+    """
     try:
         buf = np.frombuffer(data, dtype=np.uint8)
     except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"expected bytes, bytearray, memoryview or mmap, got {type(data).__name__}: {err}"
-        ) from None
-    buf.flags.writeable = False
+        what = "bytearray, mmap, memoryview or numpy array"
+        what = f"a writable {what}" if writable else f"bytes, {what}"
+        raise TypeError(f"expected {what}, got {type(data).__name__}: {err}") from None
+    if writable and not buf.flags.writeable:
+        raise TypeError(f"the buffer ({type(data).__name__}) is read-only")
+    buf.flags.writeable = writable
     return buf
 
 
@@ -267,7 +272,7 @@ def dumps_into(tree: Any, buffer: Any, *, metadata: Any = None, alignment: int =
     **Raises:** `LengthError` if the buffer is too small (saying how big it must be); `LayoutError` if
     a leaf lies inside the buffer; `TypeError` if the buffer is read-only.
     """
-    out = _writable_bytes_array(buffer)
+    out = as_bytes_array(buffer, writable=True)
     planned = plan(tree, metadata, alignment)
     return _core.assemble_into(planned.header, _host_arrays(planned), out)
 
@@ -281,20 +286,6 @@ def dumps_size(tree: Any, *, metadata: Any = None, alignment: int = 64) -> int:
 def _host_arrays(planned: Plan) -> list[np.ndarray | None]:
     """The bytes to store for each leaf of a plan (None for abstract leaves)."""
     return [_leaves.host_array(r, s) for r, s in zip(planned.records, planned.sources)]
-
-
-def _writable_bytes_array(buffer: Any) -> np.ndarray:
-    """A writable 1-D uint8 view of a buffer (TypeError if it is read-only or not a buffer)."""
-    try:
-        out = np.frombuffer(buffer, dtype=np.uint8)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"expected a writable bytearray, mmap, memoryview or numpy array, got "
-            f"{type(buffer).__name__}: {err}"
-        ) from None
-    if not out.flags.writeable:
-        raise TypeError(f"the buffer ({type(buffer).__name__}) is read-only")
-    return out
 
 
 def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:

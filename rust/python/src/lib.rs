@@ -85,6 +85,17 @@ fn leaf_slice<'a>(arr: &'a Bound<'_, PyUntypedArray>, i: usize) -> PyResult<&'a 
     }
 }
 
+/// The raw bytes of every leaf array (`None` stays `None`: abstract leaves).
+fn leaf_slices<'a>(
+    leaves: &'a [Option<Bound<'_, PyUntypedArray>>],
+) -> PyResult<Vec<Option<&'a [u8]>>> {
+    leaves
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| leaf.as_ref().map(|a| leaf_slice(a, i)).transpose())
+        .collect()
+}
+
 /// A new `bytes` object of `len` bytes whose contents are not yet initialised.
 fn bytes_uninit(
     py: Python<'_>,
@@ -285,11 +296,7 @@ fn assemble<'py>(
     leaves: Vec<Option<Bound<'py, PyUntypedArray>>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let frame = py.detach(|| Frame::new(header)).map_err(py_err)?;
-    let slices = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, leaf)| leaf.as_ref().map(|a| leaf_slice(a, i)).transpose())
-        .collect::<PyResult<Vec<Option<&[u8]>>>>()?;
+    let slices = leaf_slices(&leaves)?;
     let len = usize::try_from(frame.total_len())
         .map_err(|_| PyOverflowError::new_err("the file would not fit in memory"))?;
     let (obj, data) = bytes_uninit(py, len)?;
@@ -313,11 +320,7 @@ fn assemble_into<'py>(
     out: Bound<'py, PyArray1<u8>>,
 ) -> PyResult<usize> {
     let frame = py.detach(|| Frame::new(header)).map_err(py_err)?;
-    let slices = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, leaf)| leaf.as_ref().map(|a| leaf_slice(a, i)).transpose())
-        .collect::<PyResult<Vec<Option<&[u8]>>>>()?;
+    let slices = leaf_slices(&leaves)?;
     let len = usize::try_from(frame.total_len())
         .ok()
         .filter(|&len| len <= out.len())
