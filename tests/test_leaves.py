@@ -133,6 +133,7 @@ def test_jax_64bit_leaves_saved_with_x64_load_exact_without_it(tmp_path):
         assert type(loaded["x"]) is np.ndarray and loaded["x"][0] == 2**62 + 1, loaded
         assert loaded["f"][0] == 1/3
         assert any("jax_enable_x64" in str(w.message) for w in caught)
+        assert any("['x']" in str(w.message) for w in caught)  # names the leaves
         print("ok")
     """)
     result = subprocess.run(
