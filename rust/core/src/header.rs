@@ -72,6 +72,14 @@ pub struct LeafSpec {
 }
 
 impl LeafSpec {
+    /// The index and record of the leaf in `leaves` whose key path is `path` (a linear scan).
+    pub fn find<'l>(leaves: &'l [LeafSpec], path: &str) -> Option<(usize, &'l LeafSpec)> {
+        leaves
+            .iter()
+            .enumerate()
+            .find(|(_, leaf)| leaf.path == path)
+    }
+
     /// `[offset, offset + nbytes)` relative to the data section, if the leaf has bytes.
     ///
     /// Only meaningful on a validated header (the sum cannot overflow there).

@@ -90,11 +90,7 @@ impl<'a> Reader<'a> {
 
     /// The index and record of the leaf whose key path is `path`, if any (a linear scan).
     pub fn find(&self, path: &str) -> Option<(usize, &LeafSpec)> {
-        self.header
-            .leaves
-            .iter()
-            .enumerate()
-            .find(|(_, leaf)| leaf.path == path)
+        LeafSpec::find(&self.header.leaves, path)
     }
 
     /// The stored bytes of leaf `i`, or `None` for an abstract leaf or an index out of range.

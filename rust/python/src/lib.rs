@@ -184,8 +184,7 @@ impl FileHeader {
 
     /// The record (plus its `index`) of the leaf at key path `path`, or None.
     fn find<'py>(&self, py: Python<'py>, path: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some((index, leaf)) = self.leaves.iter().enumerate().find(|(_, l)| l.path == path)
-        else {
+        let Some((index, leaf)) = LeafSpec::find(&self.leaves, path) else {
             return Ok(None);
         };
         let record = PyDict::new(py);
