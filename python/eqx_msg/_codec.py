@@ -115,6 +115,14 @@ class File:
         self.header = _core.FileHeader(buf)
         self.data_start = self.header.data_start
         self._raw: dict[str, Any] | None = None
+        self._table: _leaves.Table | None = None
+
+    @property
+    def table(self) -> _leaves.Table:
+        """The leaf table Rust decoded (first use only)."""
+        if self._table is None:
+            self._table = _leaves.Table(*self.header.leaf_table())
+        return self._table
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -165,7 +173,6 @@ def rebuild(
     select: Callable[[str], bool] | None = None,
 ) -> Any:
     """Rebuild the pytree of a validated file; arguments as for `load`."""
-    table = _leaves.Table(*file.header.leaf_table())
     allowed = _registry.allow_map(allow)
     paths = file.header.paths
     selected = None if select is None else [bool(select(p)) for p in paths()]
@@ -178,7 +185,7 @@ def rebuild(
     tree = decode_tree(file.header.tree())
     with gc_paused():
         leaves = _leaves.build_leaves(
-            table, file.buf, file.data_start, device, shardings, selected, paths
+            file.table, file.buf, file.data_start, device, shardings, selected, paths
         )
         if like is None:
             return _tree.unflatten(tree, leaves, allowed)
@@ -319,7 +326,7 @@ def _worth_aligning(file: File) -> bool:
     data_nbytes = len(file.buf) - file.data_start
     if file.buf.ctypes.data % _core.MIN_ALIGNMENT == 0 or data_nbytes < _ALIGN_COPY_MIN:
         return False
-    kinds, _, types, which = file.header.leaf_table()
+    kinds, _, types, which = file.table
     sizes = [_core.storage_nbytes(dtype, shape) for dtype, shape, _, _ in types]
     placed = sum(sizes[w] for k, w in zip(kinds, which) if k in ("jax", "key"))
     return placed >= data_nbytes // 2

@@ -271,8 +271,7 @@ class Reader:
 
     def specs(self) -> dict[str, jax.ShapeDtypeStruct]:
         """Key path -> `jax.ShapeDtypeStruct` of every array leaf, in file order; no data is read."""
-        table = _leaves.Table(*self._file.header.leaf_table())
-        return dict(zip(self.keys(), _leaves.abstract_leaves(table)))
+        return dict(zip(self.keys(), _leaves.abstract_leaves(self._file.table)))
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
@@ -310,7 +309,7 @@ class Reader:
     def abstract(self, allow: Any = ()) -> Any:
         """The saved pytree with `jax.ShapeDtypeStruct` leaves; no array data is read."""
         # From the records Rust decoded at open: no Python decode of the whole header.
-        leaves = _leaves.abstract_leaves(_leaves.Table(*self._file.header.leaf_table()))
+        leaves = _leaves.abstract_leaves(self._file.table)
         tree = _codec.decode_tree(self._file.header.tree())
         with _codec.gc_paused():
             return _tree.unflatten(tree, leaves, _registry.allow_map(allow))
