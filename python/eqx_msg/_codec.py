@@ -116,6 +116,7 @@ class File:
         self.data_start = self.header.data_start
         self._raw: dict[str, Any] | None = None
         self._table: _leaves.Table | None = None
+        self._dtypes: list[np.dtype] | None = None
 
     @property
     def table(self) -> _leaves.Table:
@@ -123,6 +124,15 @@ class File:
         if self._table is None:
             self._table = _leaves.Table(*self.header.leaf_table())
         return self._table
+
+    def arrays(self, indices: Sequence[int] | None = None) -> list[np.ndarray | None]:
+        """Leaf data (every leaf, or those at `indices`): read-only views into `buf`.
+
+        Packed sub-byte dtypes are unpacked into new arrays; abstract leaves give None.
+        """
+        if self._dtypes is None:
+            self._dtypes = _leaves.numpy_dtypes(self.table)
+        return self.header.arrays(self.buf, self._dtypes, indices)
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -175,7 +185,13 @@ def rebuild(
     """Rebuild the pytree of a validated file; arguments as for `load`."""
     allowed = _registry.allow_map(allow)
     paths = file.header.paths
-    selected = None if select is None else [bool(select(p)) for p in paths()]
+    if select is None:
+        hosts = file.arrays()
+    else:  # leaves not selected are not read: no view is even made
+        chosen = [i for i, p in enumerate(paths()) if select(p)]
+        hosts = [None] * len(file.table.kinds)
+        for i, host in zip(chosen, file.arrays(chosen)):
+            hosts[i] = host
     shardings = None
     if sharding is not None:
         records = file.records
@@ -184,9 +200,7 @@ def rebuild(
         )
     tree = decode_tree(file.header.tree())
     with gc_paused():
-        leaves = _leaves.build_leaves(
-            file.table, file.buf, file.data_start, device, shardings, selected, paths
-        )
+        leaves = _leaves.build_leaves(file.table, hosts, device, shardings, paths)
         if like is None:
             return _tree.unflatten(tree, leaves, allowed)
         return match_like(like, tree, paths(), leaves, allowed)

@@ -64,6 +64,19 @@ class FileHeader:
         """`(kinds, offsets, types, which)`: per leaf its kind and data offset (None if abstract);
         the distinct `(dtype, shape, weak_type, key_impl)`; and each leaf's index among them."""
 
+    def arrays(
+        self,
+        buf: npt.NDArray[np.uint8],
+        dtypes: Sequence[np.dtype],
+        indices: Sequence[int] | None = None,
+    ) -> list[np.ndarray | None]:
+        """Leaf data (every leaf, or those at `indices`; None for abstract leaves) from the file `buf`.
+
+        `dtypes[t]` is the numpy dtype of `leaf_table()`'s type `t`. Each array is a read-only view
+        into `buf`, except packed sub-byte dtypes, unpacked into new read-only arrays. `LayoutError`
+        if `buf` is not the file's length, `DTypeError` if a dtype does not fit its bytes.
+        """
+
     def paths(self) -> list[str]:
         """The key path of every leaf, in file order."""
 

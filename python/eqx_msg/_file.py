@@ -287,20 +287,19 @@ class Reader:
         record = self._record(key)
         if record["kind"] == "abstract":
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
-        return _leaves.host_view(self._file.buf, record, self._file.data_start)
+        return self._file.arrays([record["index"]])[0]
 
     def get(self, key: str, device: Any = None, sharding: Any = None) -> Any:
         """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""
         record = self._record(key)
-        if sharding == "saved" and "index" in record:  # Rust's record lacks the sharding entry
-            record = self._file.records[record["index"]]
+        index = record["index"]
+        if sharding == "saved":  # Rust's record lacks the sharding entry
+            record = self._file.records[index]
         shardings = _place.resolve_shardings(
             sharding, [record], lambda _: _leaves.abstract_leaf(record)
         )
         table = _leaves.table_of([record])
-        return _leaves.build_leaves(
-            table, self._file.buf, self._file.data_start, device, shardings
-        )[0]
+        return _leaves.build_leaves(table, self._file.arrays([index]), device, shardings)[0]
 
     def slice(self, key: str) -> _Slice:
         """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -64,9 +63,6 @@ class _Type(NamedTuple):
 
     dtype: np.dtype
     shape: tuple[int, ...]
-    count: int
-    nbytes: int
-    bits: int | None  # 4 or 2 for types packed on disk
     weak_type: bool
     key_impl: str | None
     abstract: jax.ShapeDtypeStruct
@@ -78,9 +74,6 @@ def _type(name: str, shape: tuple[int, ...], weak_type: bool, key_impl: str | No
     return _Type(
         _dtypes.to_numpy(name),
         shape,
-        math.prod(shape),
-        _core.storage_nbytes(name, shape),
-        _dtypes.PACKED_BITS.get(name),
         weak_type,
         key_impl,
         _abstract(shape, name, weak_type, key_impl),  # an unknown key impl: HeaderError, up front
@@ -92,13 +85,9 @@ def _types(table: Table) -> list[_Type]:
     return [_type(name, tuple(shape), weak, impl) for name, shape, weak, impl in table.types]
 
 
-def _view(buf: np.ndarray, t: _Type, start: int) -> np.ndarray:
-    """A leaf's data at `start`: a read-only view into `buf` (a copy for packed dtypes)."""
-    if t.bits is not None:
-        unpacked = _core.unpack_subbyte(buf[start : start + t.nbytes], t.bits, t.count)
-        return np.frombuffer(unpacked, t.dtype).reshape(t.shape)
-    # The cheapest N-d view numpy has (~0.4 us; at 10k leaves it matters). Rust checked the range.
-    return np.ndarray(t.shape, t.dtype, buf, start)
+def numpy_dtypes(table: Table) -> list[np.dtype]:
+    """The numpy dtype of each of a table's types: what `_core.FileHeader.arrays` views bytes as."""
+    return [t.dtype for t in _types(table)]
 
 
 def _type_key(record: dict[str, Any]) -> tuple[str, tuple[int, ...], bool, str | None]:
@@ -111,53 +100,38 @@ def _type_key(record: dict[str, Any]) -> tuple[str, tuple[int, ...], bool, str |
     )
 
 
-def _type_of(record: dict[str, Any]) -> _Type:
-    return _type(*_type_key(record))
-
-
-def host_view(buf: np.ndarray, record: dict[str, Any], data_start: int) -> np.ndarray:
-    """A leaf's data as a numpy array: a read-only view into `buf` (a copy for packed dtypes)."""
-    return _view(buf, _type_of(record), data_start + record["offset"])
-
-
 def build_leaves(
     table: Table,
-    buf: np.ndarray,
-    data_start: int,
+    hosts: Sequence[np.ndarray | None],
     device: Any = None,
     shardings: Sequence[Any] | None = None,
-    selected: Sequence[bool] | None = None,
     paths: Callable[[], Sequence[str]] | None = None,
 ) -> list[Any]:
-    """Rebuild every leaf object of a header's `table` from the file bytes in `buf`.
+    """Rebuild the leaf objects of a header's `table` from each leaf's data in `hosts`.
 
-    numpy leaves are read-only views of `buf`; jax and key leaves are placed on devices in one
-    batch (`device` / `shardings`: see `_place.put`); abstract leaves, and leaves not `selected`,
-    become `jax.ShapeDtypeStruct` without their bytes being read. `paths()` names leaves in warnings.
+    `hosts[i]` is leaf `i`'s data as `_core.FileHeader.arrays` gives it (a view into the file), or
+    None for leaves that become `jax.ShapeDtypeStruct` (abstract, or not selected). numpy leaves are
+    those views; jax and key leaves are placed on devices in one batch (`device` / `shardings`: see
+    `_place.put`). `paths()` names leaves in warnings.
     """
     types = _types(table)
-    leaves: list[Any] = [None] * len(table.kinds)
+    leaves: list[Any] = list(hosts)
     to_place: list[int] = []
-    hosts: list[np.ndarray] = []
     numpy_instead: list[int] = []
     x64 = jax.config.jax_enable_x64
-    for i, (kind, offset, w) in enumerate(zip(table.kinds, table.offsets, table.which)):
-        t = types[w]
-        if kind == "abstract" or (selected is not None and not selected[i]):
-            leaves[i] = t.abstract
-            continue
-        view = _view(buf, t, data_start + offset)
-        if (kind == "jax" and (x64 or not t.x64_only)) or kind == "key":
+    for i, (kind, w, host) in enumerate(zip(table.kinds, table.which, hosts)):
+        if host is None:
+            leaves[i] = types[w].abstract
+        elif kind == "jax":
+            if x64 or not types[w].x64_only:
+                to_place.append(i)
+            else:  # 64-bit data stays exact: numpy, never a silently narrowed jax array
+                numpy_instead.append(i)
+        elif kind == "key":
             to_place.append(i)
-            hosts.append(view)
-        elif kind == "jax":  # 64-bit data stays exact: numpy, never a silently narrowed jax array
-            leaves[i] = view
-            numpy_instead.append(i)
-        elif kind == "numpy":
-            leaves[i] = view
         elif kind == "numpy_scalar":
-            leaves[i] = view[()]
-        else:
+            leaves[i] = host[()]
+        elif kind != "numpy":
             raise LayoutError(f"leaf {i}: unknown kind {kind!r}")
     if numpy_instead:
         names = paths() if paths is not None else None
@@ -167,9 +141,12 @@ def build_leaves(
             "because jax_enable_x64 is off; enable it to get jax arrays",
             stacklevel=3,
         )
+    avals = {}
+    for w in {table.which[i] for i in to_place}:
+        avals[w] = _place.aval(types[w].shape, types[w].dtype, types[w].weak_type)
     placed = _place.put(
-        hosts,
-        [types[table.which[i]].weak_type for i in to_place],
+        [hosts[i] for i in to_place],
+        [avals[table.which[i]] for i in to_place],
         device,
         None if shardings is None else [shardings[i] for i in to_place],
     )
@@ -181,7 +158,7 @@ def build_leaves(
 
 def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:
     """The `jax.ShapeDtypeStruct` a record describes (typed PRNG keys included)."""
-    return _type_of(record).abstract
+    return _type(*_type_key(record)).abstract
 
 
 def abstract_leaves(table: Table) -> list[jax.ShapeDtypeStruct]:

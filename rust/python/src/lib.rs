@@ -9,12 +9,17 @@ use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
 use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, LeafSpec, Reader};
-use numpy::npyffi::_PyArray_GET_ITEM_DATA;
+use std::os::raw::{c_int, c_void};
+
+use numpy::npyffi::{
+    _PyArray_GET_ITEM_DATA, get_type_object, npy_intp, NpyTypes, PyArrayObject,
+    NPY_ARRAY_WRITEABLE, PY_ARRAY_API,
+};
 use numpy::{
-    PyArray1, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
+    PyArray1, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyOverflowError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -153,7 +158,12 @@ type LeafTable<'a> = (
 #[pyclass(frozen, module = "eqx_msg._core")]
 struct FileHeader {
     leaves: Vec<LeafSpec>,
+    /// Per leaf, the index of its type (`(dtype, shape, weak_type, key_impl)`) among the distinct ones.
+    which: Vec<usize>,
+    /// Per distinct type, the first leaf of that type.
+    first_of_type: Vec<usize>,
     tree: Vec<u8>,
+    file_len: usize,
     /// Length of the msgpack header in bytes.
     #[pyo3(get)]
     header_len: usize,
@@ -172,9 +182,13 @@ impl FileHeader {
             let reader = Reader::new(bytes)?;
             let (header_len, data_start) = (reader.header_len(), reader.data_start());
             let header = reader.into_header();
+            let (which, first_of_type) = leaf_types(&header.leaves);
             Ok(FileHeader {
                 tree: header.tree.as_bytes().to_vec(),
                 leaves: header.leaves,
+                which,
+                first_of_type,
+                file_len: bytes.len(),
                 header_len,
                 data_start,
             })
@@ -205,27 +219,81 @@ impl FileHeader {
     /// Per leaf its kind name and data offset (None for abstract leaves); `types` are the distinct
     /// `(dtype, shape, weak_type, key_impl)` of the leaves and `which[i]` is leaf `i`'s among them.
     fn leaf_table(&self) -> LeafTable<'_> {
-        let mut types = Vec::new();
-        let mut seen = HashMap::new();
-        let which = self
-            .leaves
+        let types = self
+            .first_of_type
             .iter()
-            .map(|leaf| {
-                let t = (
+            .map(|&i| {
+                let leaf = &self.leaves[i];
+                (
                     leaf.dtype.as_str(),
                     leaf.shape.as_slice(),
                     leaf.weak_type,
                     leaf.key_impl.as_deref(),
-                );
-                *seen.entry(t).or_insert_with(|| {
-                    types.push(t);
-                    types.len() - 1
-                })
+                )
             })
             .collect();
         let kinds = self.leaves.iter().map(|l| l.kind.name()).collect();
         let offsets = self.leaves.iter().map(|l| l.offset).collect();
-        (kinds, offsets, types, which)
+        (kinds, offsets, types, self.which.clone())
+    }
+
+    /// Leaf data as numpy arrays, for every leaf or for those in `indices`; None for abstract leaves.
+    ///
+    /// `buf` is the file this header was read from (or a copy); `dtypes[t]` is the numpy dtype of
+    /// `leaf_table()`'s type `t`. Each array is a read-only view into `buf`, which it keeps alive,
+    /// except for packed sub-byte dtypes: those are unpacked into new read-only arrays.
+    #[pyo3(signature = (buf, dtypes, indices=None))]
+    fn arrays<'py>(
+        &self,
+        py: Python<'py>,
+        buf: PyReadonlyArray1<'py, u8>,
+        dtypes: Vec<Bound<'py, PyArrayDescr>>,
+        indices: Option<Vec<usize>>,
+    ) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+        let bytes = u8_slice(&buf, "the file buffer")?;
+        if bytes.len() != self.file_len {
+            return Err(raise(
+                "LayoutError",
+                format!(
+                    "the buffer holds {} bytes, the file {}",
+                    bytes.len(),
+                    self.file_len
+                ),
+            ));
+        }
+        let packed = self.check_dtypes(&dtypes)?;
+        let data = &bytes[self.data_start..];
+        let base = buf.as_any();
+        let mut dims = Vec::with_capacity(eqx::MAX_NDIM);
+        let mut array = |i: usize| -> PyResult<Option<Bound<'py, PyAny>>> {
+            let leaf = self.leaves.get(i).ok_or_else(|| {
+                PyIndexError::new_err(format!("leaf {i} of {}", self.leaves.len()))
+            })?;
+            let Some((start, end)) = leaf.byte_range() else {
+                return Ok(None);
+            };
+            // Validated header: the range lies inside the data section, and fits in usize.
+            let range = usize::try_from(start)
+                .ok()
+                .zip(usize::try_from(end).ok())
+                .and_then(|(s, e)| data.get(s..e))
+                .ok_or_else(|| raise("LayoutError", format!("leaf {i}: bytes outside the file")))?;
+            let t = self.which[i];
+            dims.clear();
+            for &d in &leaf.shape {
+                dims.push(npy_intp::try_from(d).map_err(|_| {
+                    PyOverflowError::new_err(format!("leaf {i}: dimension {d} is too large"))
+                })?);
+            }
+            match packed[t] {
+                None => new_view(py, &dtypes[t], &mut dims, range, base).map(Some),
+                Some(bits) => new_unpacked(py, &dtypes[t], &mut dims, range, bits).map(Some),
+            }
+        };
+        match indices {
+            None => (0..self.leaves.len()).map(&mut array).collect(),
+            Some(indices) => indices.into_iter().map(&mut array).collect(),
+        }
     }
 
     /// The key path of every leaf, in file order.
@@ -237,6 +305,154 @@ impl FileHeader {
     fn tree<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.tree)
     }
+}
+
+impl FileHeader {
+    /// Checks that `dtypes[t]` can hold type `t`'s bytes; per type, its packed bit width or None.
+    ///
+    /// This is what makes `arrays` memory-safe: a view never covers more bytes than its leaf has.
+    fn check_dtypes(&self, dtypes: &[Bound<'_, PyArrayDescr>]) -> PyResult<Vec<Option<u32>>> {
+        if dtypes.len() != self.first_of_type.len() {
+            return Err(raise(
+                "LayoutError",
+                format!(
+                    "{} dtypes given for {} leaf types",
+                    dtypes.len(),
+                    self.first_of_type.len()
+                ),
+            ));
+        }
+        dtypes
+            .iter()
+            .zip(&self.first_of_type)
+            .map(|(descr, &i)| {
+                let leaf = &self.leaves[i];
+                let bits = dtype::bits(&leaf.dtype).map_err(py_err)?;
+                let nbytes = dtype::storage_nbytes(&leaf.dtype, &leaf.shape).map_err(py_err)?;
+                let count = leaf
+                    .shape
+                    .iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+                let itemsize = descr.itemsize() as u64;
+                let fits = if bits < 8 {
+                    itemsize == 1
+                } else {
+                    count.and_then(|c| c.checked_mul(itemsize)) == Some(nbytes)
+                };
+                if descr.has_object() || !fits {
+                    return Err(raise(
+                        "DTypeError",
+                        format!(
+                            "leaf {i}: numpy dtype {} does not fit {} data of shape {:?}",
+                            descr, leaf.dtype, leaf.shape
+                        ),
+                    ));
+                }
+                Ok((bits < 8).then_some(bits))
+            })
+            .collect()
+    }
+}
+
+/// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
+/// per distinct one, its first leaf.
+fn leaf_types(leaves: &[LeafSpec]) -> (Vec<usize>, Vec<usize>) {
+    let mut first = Vec::new();
+    let mut seen = HashMap::new();
+    let which = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| {
+            let t = (
+                leaf.dtype.as_str(),
+                leaf.shape.as_slice(),
+                leaf.weak_type,
+                leaf.key_impl.as_deref(),
+            );
+            *seen.entry(t).or_insert_with(|| {
+                first.push(i);
+                first.len() - 1
+            })
+        })
+        .collect();
+    (which, first)
+}
+
+/// A read-only array of `descr` and `dims` over `bytes`, which lie inside `base`'s buffer.
+///
+/// The caller has checked that `bytes` holds exactly `prod(dims) * itemsize` bytes.
+fn new_view<'py>(
+    py: Python<'py>,
+    descr: &Bound<'py, PyArrayDescr>,
+    dims: &mut [npy_intp],
+    bytes: &[u8],
+    base: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: PyArray_NewFromDescr steals the descr reference we pass (a new one, from
+    // `into_dtype_ptr`) and reads `dims.len()` dimensions; with NULL strides the array is
+    // C-contiguous and covers exactly `bytes` (the caller checked the length), which stay valid
+    // as long as `base` lives. A NULL result (with an exception set) becomes an Err.
+    let array = unsafe {
+        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            descr.clone().into_dtype_ptr(),
+            dims.len() as c_int,
+            dims.as_mut_ptr(),
+            std::ptr::null_mut(),
+            bytes.as_ptr() as *mut c_void,
+            0,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, ptr)?
+    };
+    // SAFETY: `array` is the new ndarray above, referenced only here. Clearing WRITEABLE is how
+    // numpy marks an array read-only. PyArray_SetBaseObject steals the new reference to `base`
+    // (also on failure), which keeps `bytes` alive as long as the array.
+    unsafe {
+        let arr = array.as_ptr().cast::<PyArrayObject>();
+        (*_PyArray_GET_ITEM_DATA(arr)).flags &= !NPY_ARRAY_WRITEABLE;
+        if PY_ARRAY_API.PyArray_SetBaseObject(py, arr, base.clone().into_ptr()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    Ok(array)
+}
+
+/// A new read-only array of `descr` (one byte per element) and `dims`, unpacked from `packed`.
+fn new_unpacked<'py>(
+    py: Python<'py>,
+    descr: &Bound<'py, PyArrayDescr>,
+    dims: &mut [npy_intp],
+    packed: &[u8],
+    bits: u32,
+) -> PyResult<Bound<'py, PyAny>> {
+    let count: usize = dims.iter().map(|&d| d as usize).product();
+    // SAFETY: as in `new_view`, but with NULL data numpy allocates `count` one-byte elements (the
+    // caller checked the itemsize is 1), uninitialised and owned by the new array.
+    let array = unsafe {
+        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            descr.clone().into_dtype_ptr(),
+            dims.len() as c_int,
+            dims.as_mut_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, ptr)?
+    };
+    // SAFETY: the new array owns `count` contiguous bytes at its data pointer and nothing else
+    // references it yet; `unpack` writes every one of them before anyone reads them.
+    unsafe {
+        let fields = _PyArray_GET_ITEM_DATA(array.as_ptr().cast::<PyArrayObject>());
+        let out = std::slice::from_raw_parts_mut((*fields).data.cast::<u8>(), count);
+        subbyte::unpack(bits, packed, count, out).map_err(py_err)?;
+        (*fields).flags &= !NPY_ARRAY_WRITEABLE;
+    }
+    Ok(array)
 }
 
 /// A copy of `buf` starting at a multiple of `alignment`: `(array, offset)`, the copy being
