@@ -15,6 +15,8 @@ from ._errors import HeaderError, LayoutError
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
+_KINDS = frozenset({"numpy", "numpy_scalar", "jax", "key", "abstract"})
+_PLACED = frozenset({"jax", "key"})  # kinds that go to a device
 
 
 def host_array(record: dict[str, Any], source: Any) -> np.ndarray | None:
@@ -114,46 +116,52 @@ def build_leaves(
     those views; jax and key leaves are placed on devices in one batch (`device` / `shardings`: see
     `_place.put`). `paths()` names leaves in warnings.
     """
+    # Column-wise, in comprehensions: at 10k leaves a per-leaf Python loop costs as much as JAX.
     types = _types(table)
+    kinds, which = table.kinds, table.which
     leaves: list[Any] = list(hosts)
-    to_place: list[int] = []
-    numpy_instead: list[int] = []
-    x64 = jax.config.jax_enable_x64
-    for i, (kind, w, host) in enumerate(zip(table.kinds, table.which, hosts)):
-        if host is None:
-            leaves[i] = types[w].abstract
-        elif kind == "jax":
-            if x64 or not types[w].x64_only:
-                to_place.append(i)
-            else:  # 64-bit data stays exact: numpy, never a silently narrowed jax array
-                numpy_instead.append(i)
-        elif kind == "key":
-            to_place.append(i)
-        elif kind == "numpy_scalar":
-            leaves[i] = host[()]
-        elif kind != "numpy":
-            raise LayoutError(f"leaf {i}: unknown kind {kind!r}")
-    if numpy_instead:
-        names = paths() if paths is not None else None
-        shown = [names[i] if names is not None else f"leaf {i}" for i in numpy_instead[:3]]
-        warnings.warn(
-            f"{len(numpy_instead)} 64-bit jax leaves ({', '.join(shown)}...) load as numpy arrays "
-            "because jax_enable_x64 is off; enable it to get jax arrays",
-            stacklevel=3,
-        )
-    avals = {}
-    for w in {table.which[i] for i in to_place}:
-        avals[w] = _place.aval(types[w].shape, types[w].dtype, types[w].weak_type)
+    unknown = set(kinds) - _KINDS
+    if unknown:
+        raise LayoutError(f"unknown leaf kinds {sorted(unknown)}")
+    for i in [i for i, host in enumerate(hosts) if host is None]:
+        leaves[i] = types[which[i]].abstract
+    for i in [i for i, kind in enumerate(kinds) if kind == "numpy_scalar"]:
+        if hosts[i] is not None:
+            leaves[i] = hosts[i][()]
+    to_place = [
+        i
+        for i, (kind, host) in enumerate(zip(kinds, hosts))
+        if kind in _PLACED and host is not None
+    ]
+    if not jax.config.jax_enable_x64 and any(t.x64_only for t in types):
+        # 64-bit data stays exact: numpy, never a silently narrowed jax array.
+        numpy_instead = [i for i in to_place if kinds[i] == "jax" and types[which[i]].x64_only]
+        if numpy_instead:
+            _warn_x64(numpy_instead, paths)
+            skipped = set(numpy_instead)
+            to_place = [i for i in to_place if i not in skipped]
+    avals = [_place.aval(t.shape, t.dtype, t.weak_type) for t in types] if to_place else []
     placed = _place.put(
         [hosts[i] for i in to_place],
-        [avals[table.which[i]] for i in to_place],
+        [avals[which[i]] for i in to_place],
         device,
         None if shardings is None else [shardings[i] for i in to_place],
     )
     for i, array in zip(to_place, placed):
-        impl = types[table.which[i]].key_impl
-        leaves[i] = array if table.kinds[i] != "key" else jax.random.wrap_key_data(array, impl=impl)
+        leaves[i] = array
+    for i in [i for i in to_place if kinds[i] == "key"]:
+        leaves[i] = jax.random.wrap_key_data(leaves[i], impl=types[which[i]].key_impl)
     return leaves
+
+
+def _warn_x64(indices: Sequence[int], paths: Callable[[], Sequence[str]] | None) -> None:
+    names = paths() if paths is not None else None
+    shown = [names[i] if names is not None else f"leaf {i}" for i in indices[:3]]
+    warnings.warn(
+        f"{len(indices)} 64-bit jax leaves ({', '.join(shown)}...) load as numpy arrays "
+        "because jax_enable_x64 is off; enable it to get jax arrays",
+        stacklevel=4,
+    )
 
 
 def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:

@@ -10,6 +10,7 @@ accelerators.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,29 +41,34 @@ def put(
 
     `avals[i]` is `aval(shape, dtype, weak_type)` of `hosts[i]`: shared by leaves of one type.
     """
-    out: list[Any] = [None] * len(hosts)
     target = _single_device(device)
     committed = device is not None
-    single, devices = SingleDeviceSharding(target), [target]
-    large: list[int] = []
-    for i, (host, abstract) in enumerate(zip(hosts, avals)):
-        sharding = shardings[i] if shardings is not None else None
-        if sharding is not None:
-            out[i] = _from_callback(host, sharding)
-        elif host.nbytes >= _LARGE and not abstract.weak_type:
-            large.append(i)
-        elif _batched_device_put is None:  # pragma: no cover - depends on the jax version
-            # No public way to make a weak-typed array from host data: weak_type is lost here.
-            out[i] = jax.device_put(host, target if committed else None)
-        else:
-            out[i] = _batched_device_put(abstract, single, [host], devices, committed)
+    out: list[Any] = [None] * len(hosts)
+    if shardings is not None:
+        for i in [i for i, sharding in enumerate(shardings) if sharding is not None]:
+            out[i] = _from_callback(hosts[i], shardings[i])
+    large = [
+        i
+        for i, (host, abstract, placed) in enumerate(zip(hosts, avals, out))
+        if placed is None and host.nbytes >= _LARGE and not abstract.weak_type
+    ]
     if large:
         placed = jax.device_put([hosts[i] for i in large], target if committed else None)
         for i, array in zip(large, placed):
             out[i] = array
+    small = [i for i, placed in enumerate(out) if placed is None]
+    if _batched_device_put is None:  # pragma: no cover - depends on the jax version
+        # No public way to make a weak-typed array from host data: weak_type is lost here.
+        for i in small:
+            out[i] = jax.device_put(hosts[i], target if committed else None)
+        return out
+    single, devices = SingleDeviceSharding(target), [target]
+    for i in small:
+        out[i] = _batched_device_put(avals[i], single, [hosts[i]], devices, committed)
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def aval(shape: tuple[int, ...], dtype: np.dtype, weak_type: bool) -> Any:
     """JAX's abstract value of a host array: built once per leaf type (a ShapedArray costs ~5 us)."""
     if _batched_device_put is None:  # pragma: no cover - depends on the jax version
