@@ -261,6 +261,25 @@ def limits(work: Workload, directory: str, repeat: int) -> dict[str, float]:
     return out
 
 
+def paired(
+    fn: Callable[[], Any], reference: Callable[[], Any], runs: int
+) -> tuple[float, float, float]:
+    """`(median fn s, median reference s, median of the per-pair ratios reference / fn)`.
+
+    The two run alternately, each pair back to back (jax results waited for), so that a noisy
+    machine's slow and fast spells hit both sides of every ratio alike.
+    """
+    run_once(fn, True), run_once(reference, True)  # warm-up
+    mine, theirs = [], []
+    for _ in range(runs):
+        gc.collect()
+        mine.append(run_once(fn, True)[0])
+        gc.collect()
+        theirs.append(run_once(reference, True)[0])
+    ratios = [t / m for m, t in zip(mine, theirs)]
+    return statistics.median(mine), statistics.median(theirs), statistics.median(ratios)
+
+
 def size_on_disk(path: str) -> int:
     """Bytes of a file, or of every file under a checkpoint directory."""
     if os.path.isdir(path):

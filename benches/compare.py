@@ -32,6 +32,7 @@ from importlib import metadata
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from _measure import (  # noqa: E402
     BUDGET,
     SLOW,
@@ -41,6 +42,7 @@ from _measure import (  # noqa: E402
     header_problem,
     leaf_problem,
     limits,
+    paired,
     remove,
     runs_for,
     short,
@@ -49,7 +51,7 @@ from _measure import (  # noqa: E402
     tree_problem,
 )
 from _systems import SYSTEMS, NotSupported, System, fsync_path, make  # noqa: E402
-from _workloads import WORKLOADS, Sizes, Workload, build  # noqa: E402
+from _workloads import WORKLOADS, Sizes, Workload, build, is_key  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GB = 1e9
@@ -87,6 +89,8 @@ class Result:
     limits: dict[str, float]
     note: str = ""
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # system -> op -> cell
+    # eqx_msg load_jax against device_put(list), interleaved: (load s, device_put s, median ratio)
+    paired: tuple[float, float, float] | None = None
 
 
 def log(message: str) -> None:
@@ -267,10 +271,27 @@ def bench_workload(
             start = time.perf_counter()
             result.cells[system.name] = bench_system(system, work, sizes, directory, repeat, rss)
             log(f"{work.name}: {system.name} done in {time.perf_counter() - start:.1f} s")
+        mine = next((s for s in systems if s.name == "eqx_msg"), None)
+        if mine is not None and not work.numpy_leaves and len(work.leaves) >= 1000:
+            result.paired = paired_with_device_put(mine, work, directory, max(repeat, 5))
         return result
     finally:
         gc.unfreeze()
         remove(directory)
+
+
+def paired_with_device_put(
+    system: System, work: Workload, directory: str, runs: int
+) -> tuple[float, float, float]:
+    """eqx_msg's load to jax and `jax.device_put` of the leaves as numpy, run alternately."""
+    path = os.path.join(directory, "paired" + system.suffix)
+    system.save(work, path)
+    host = [np.array(jax.random.key_data(x) if is_key(x) else x) for x in work.leaves]
+    try:
+        return paired(lambda: system.load_jax(path, work), lambda: jax.device_put(host), runs)
+    finally:
+        remove(path)
+        system.cleanup()
 
 
 # ---- formatting ----------------------------------------------------------------------------------
@@ -351,7 +372,14 @@ def limits_line(result: Result) -> str:
     for name, seconds in result.limits.items():
         rate = f" ({result.nbytes / seconds / GB:.2f} GB/s)" if name != "device_put(list)" else ""
         parts.append(f"{name} {fmt_time(seconds)}{rate}")
-    return "Limits, same process, same bytes: " + "; ".join(parts) + "."
+    line = "Limits, same process, same bytes: " + "; ".join(parts) + "."
+    if result.paired:
+        load, put, ratio = result.paired
+        line += (
+            f" Interleaved with device_put(list): eqx_msg load {fmt_time(load)}, device_put(list) "
+            f"{fmt_time(put)}, median ratio {ratio:.2f}x."
+        )
+    return line
 
 
 def rss_remark(result: Result) -> str:
@@ -455,16 +483,19 @@ def targets(results: dict[str, Result]) -> list[Target]:
             10.0,
         )
     )
-    out.append(
-        _ratio_target(
-            "W2 10k leaves to jax >= 5x faster than jax.device_put(list of numpy)",
-            mine("W2-jax", op="load_jax"),
-            w2.limits["device_put(list)"] if w2 else None,
-            5.0,
-        )
-    )
+    out.append(_device_put_target(w2))
     out.append(_fastest_target(results))
     return out
+
+
+def _device_put_target(w2: Result | None) -> Target:
+    """The 10k-leaf placement target, from load and device_put(list) run in interleaved pairs."""
+    name = "W2 10k leaves to jax >= 5x faster than jax.device_put(list of numpy)"
+    if w2 is None or w2.paired is None:
+        return name, "not measured", None
+    load, put, ratio = w2.paired
+    measured = f"{ratio:.2f}x (median of interleaved pairs: {fmt_time(load)} vs {fmt_time(put)})"
+    return name, measured, ratio >= 5.0
 
 
 def _fastest_target(results: dict[str, Result]) -> Target:
@@ -603,7 +634,10 @@ NOTES = [
     "- Peak RSS: a fresh interpreter per cell (benches/_rss.py); the kernel's high-water mark reset "
     "just before the operation, `(+N)` over the RSS before it. A save process holds the built tree; a "
     "load process holds only the skeleton. Pages of a memory map count once touched.",
-    "- `device_put(list)` in the limits: `jax.device_put` of the list of all leaves as numpy arrays.",
+    "- `device_put(list)` in the limits: `jax.device_put` of the list of all leaves as numpy arrays. "
+    "For the 10k-leaf target it also runs alternately with eqx_msg's load to jax (at least 5 pairs, "
+    "each back to back): this VM's speed drifts by 1.5x over minutes, so the target is the median "
+    "of the per-pair ratios, not a ratio of medians taken minutes apart.",
 ]
 
 
