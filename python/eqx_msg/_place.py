@@ -95,8 +95,8 @@ def _single_device(device: Any) -> Any:
 def sharding_record(array: jax.Array) -> dict[str, Any] | None:
     """How a jax.Array is laid out (FORMAT.md section 7), or None unless it has a NamedSharding."""
     sharding = getattr(array, "sharding", None)
-    if not isinstance(sharding, NamedSharding):
-        return None
+    if type(sharding) is SingleDeviceSharding or not isinstance(sharding, NamedSharding):
+        return None  # (the exact-type test first: an ABC's isinstance costs ~0.2 us a leaf)
     mesh = sharding.mesh
     return {
         "mesh_axes": [str(a) for a in mesh.axis_names],
