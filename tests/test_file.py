@@ -230,6 +230,22 @@ def test_load_on_explicit_device(tmp_path):
     assert w.devices() == {device}
 
 
+def test_placement_falls_back_to_device_put_if_jaxlib_changes(tmp_path, monkeypatch):
+    from eqx_msg import _place
+
+    def changed_signature(*args):
+        raise TypeError("batched_device_put() takes 3 positional arguments")
+
+    monkeypatch.setattr(_place, "_batched_device_put", changed_signature)
+    path = tmp_path / "f.eqx"
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "k": jax.random.split(KEY, 2), "n": np.ones(2)}
+    eqx_msg.save(path, tree)
+    loaded = eqx_msg.load(path)
+    assert_same_tree(loaded, tree)
+    assert _place._batched_device_put is None  # the public path from now on
+    assert_same_tree(eqx_msg.load(path), tree)
+
+
 def test_load_missing_or_tiny_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         eqx_msg.load(tmp_path / "nope.eqx")

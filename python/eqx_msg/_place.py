@@ -57,15 +57,32 @@ def put(
         for i, array in zip(large, placed):
             out[i] = array
     small = [i for i, placed in enumerate(out) if placed is None]
-    if _batched_device_put is None:  # pragma: no cover - depends on the jax version
-        # No public way to make a weak-typed array from host data: weak_type is lost here.
-        for i in small:
-            out[i] = jax.device_put(hosts[i], target if committed else None)
-        return out
-    single, devices = SingleDeviceSharding(target), [target]
-    for i in small:
-        out[i] = _batched_device_put(avals[i], single, [hosts[i]], devices, committed)
+    _put_each(hosts, avals, small, out, target, committed)
     return out
+
+
+def _put_each(
+    hosts: Sequence[np.ndarray],
+    avals: Sequence[Any],
+    indices: Sequence[int],
+    out: list[Any],
+    target: Any,
+    committed: bool,
+) -> None:
+    """Place `hosts[i]` for each `i` in `indices` into `out[i]`, one array at a time."""
+    global _batched_device_put
+    if _batched_device_put is not None:
+        single, devices = SingleDeviceSharding(target), [target]
+        try:
+            for i in indices:
+                out[i] = _batched_device_put(avals[i], single, [hosts[i]], devices, committed)
+            return
+        except TypeError:  # a jaxlib whose private signature changed: the public path from now on
+            _batched_device_put = None
+    # No public way to make a weak-typed array from host data: weak_type is lost here.
+    for i in indices:
+        if out[i] is None:
+            out[i] = jax.device_put(hosts[i], target if committed else None)
 
 
 @functools.lru_cache(maxsize=4096)
