@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import eqx_msg
-from eqx_msg import _codec, _leaves
+from eqx_msg import _codec, _core, _leaves
 from eqx_msg._errors import DTypeError, LayoutError
 
 
@@ -88,3 +88,27 @@ def test_an_index_out_of_range_is_refused():
     file = _file({"a": np.ones(2, np.float32)})
     with pytest.raises(IndexError, match="leaf 1 of 1"):
         file.header.arrays(file.buf, _dtypes(file), [1])
+
+
+def test_write_range_places_leaves_and_zeros_the_gaps():
+    a, b = np.arange(3, dtype=np.uint16), np.full(2, 7, np.uint8)
+    out = _core.write_range(64, 32, [66, 80], [a, b])
+    want = np.zeros(32, np.uint8)
+    want[2:8] = a.view(np.uint8)
+    want[16:18] = 7
+    assert out == want.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("offsets", "leaves", "message"),
+    [
+        ([0], [], "1 offsets for 0 leaves"),
+        ([0, 4], [np.ones(8, np.uint8)] * 2, "data segment 1"),  # overlap
+        ([8, 0], [np.ones(4, np.uint8)] * 2, "data segment 1"),  # out of order
+        ([30], [np.ones(4, np.uint8)], "data segment 0"),  # past the end
+        ([0], [np.ones((4, 4), np.uint8)[:, 0]], "not C-contiguous"),
+    ],
+)
+def test_write_range_refuses_bad_segments(offsets, leaves, message):
+    with pytest.raises(LayoutError, match=message):
+        _core.write_range(0, 32, offsets, leaves)

@@ -95,6 +95,14 @@ def total_len(header: bytes) -> int:
 def assemble(header: bytes, leaves: Sequence[np.ndarray | None]) -> bytes:
     """The whole file in one allocation; `leaves[i]` is C-contiguous (None for abstract leaves)."""
 
+def write_range(
+    base: int, length: int, offsets: Sequence[int], leaves: Sequence[np.ndarray]
+) -> bytes:
+    """Data-section bytes `[base, base + length)`: each leaf's bytes at its offset, zeros elsewhere.
+
+    Offsets increase; leaves are C-contiguous and may not overlap or leave the range (`LayoutError`).
+    """
+
 def assemble_into(
     header: bytes, leaves: Sequence[np.ndarray | None], out: npt.NDArray[np.uint8]
 ) -> int:

@@ -94,34 +94,36 @@ def _write(f: BinaryIO, planned: _codec.Plan) -> None:
 
 
 class _Block:
-    """Consecutive small leaves, copied into one buffer to be written at once."""
+    """Consecutive small leaves, gathered (in Rust) into one buffer to be written at once."""
 
     def __init__(self) -> None:
         self.start = 0  # data-section offset of the first leaf
-        self.leaves: list[tuple[int, np.ndarray]] = []  # (offset, stored bytes)
+        self.offsets: list[int] = []
+        self.arrays: list[np.ndarray] = []  # the leaves' stored bytes
         self.end = 0
 
     def add(self, record: dict[str, Any], source: Any) -> bool:
         """Take one leaf; False (taking nothing) if the block would grow past its size."""
         end = record["offset"] + record["nbytes"]
-        if not self.leaves:
+        if not self.arrays:
             self.start = record["offset"]
         elif end - self.start > _BLOCK:
             return False
-        self.leaves.append((record["offset"], _flat_bytes(_leaves.host_array(record, source))))
+        self.offsets.append(record["offset"])
+        self.arrays.append(_leaves.host_array(record, source))
         self.end = end
         return True
 
     def flush(self, f: BinaryIO, position: int) -> int:
         """Write the block (after zero padding from `position`); returns the new position."""
-        if not self.leaves:
+        if not self.arrays:
             return position
         _pad(f, self.start - position)
-        data = np.zeros(self.end - self.start, np.uint8)
-        for offset, array in self.leaves:
-            data[offset - self.start : offset - self.start + array.nbytes] = array
-        _write_all(f, data)
-        self.leaves.clear()
+        _write_all(
+            f, _core.write_range(self.start, self.end - self.start, self.offsets, self.arrays)
+        )
+        self.offsets.clear()
+        self.arrays.clear()
         return self.end
 
 

@@ -242,6 +242,16 @@ pub enum Error {
         /// The buffer's length.
         actual: u64,
     },
+    /// Writing a data-section range: a segment is out of order, overlaps another, or lies
+    /// outside the range.
+    BadSegment {
+        /// The segment's index in the list given.
+        index: usize,
+        /// Its range `[start, end)` in the data section (`end` saturated on overflow).
+        range: (u64, u64),
+        /// The range being written.
+        within: (u64, u64),
+    },
     /// A buffer given to a function has the wrong length.
     BufferLength {
         /// Which buffer.
@@ -282,6 +292,7 @@ impl Error {
             | LeafCount { .. }
             | LeafData { .. }
             | LeafLength { .. }
+            | BadSegment { .. }
             | BufferLength { .. } => "LayoutError",
         }
     }
@@ -442,6 +453,16 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{leaf}: buffer is {actual} bytes, but its record says nbytes = {expected}"
+            ),
+            BadSegment {
+                index,
+                range,
+                within,
+            } => write!(
+                f,
+                "data segment {index} [{}, {}) is out of order, overlaps the one before, or lies \
+                 outside the range [{}, {}) being written",
+                range.0, range.1, within.0, within.1
             ),
             BufferLength {
                 what,

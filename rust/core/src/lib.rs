@@ -40,7 +40,9 @@ pub use header::{Header, LeafKind, LeafSpec};
 pub use msgpack::RawValue;
 pub use reader::{MappedFile, Reader};
 pub use rmpv;
-pub use writer::{assemble, assemble_into, frame_prefix, parallel_copy, total_len, Frame};
+pub use writer::{
+    assemble, assemble_into, frame_prefix, parallel_copy, total_len, write_range, Frame,
+};
 
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]

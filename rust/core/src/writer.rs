@@ -306,6 +306,41 @@ fn stream_copy(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
     put(dst_tail, src_tail);
 }
 
+/// Writes the data-section bytes `[base, base + out.len())` into `out`: each `(offset, bytes)`
+/// segment at `offset - base`, zeros between and around them.
+///
+/// For writers that stream the data section in pieces (many small leaves gathered into one write).
+/// Segments must be sorted by offset, must not overlap, and must lie inside the range.
+pub fn write_range(segments: &[(u64, &[u8])], base: u64, out: &mut [u8]) -> Result<()> {
+    let end = base
+        .checked_add(out.len() as u64)
+        .ok_or_else(|| Error::SizeOverflow {
+            what: "the range written".into(),
+        })?;
+    let mut local = Vec::with_capacity(segments.len());
+    let mut previous_end = base;
+    for (index, &(offset, bytes)) in segments.iter().enumerate() {
+        let stop = offset.saturating_add(bytes.len() as u64);
+        if offset < previous_end || stop > end {
+            return Err(Error::BadSegment {
+                index,
+                range: (offset, stop),
+                within: (base, end),
+            });
+        }
+        previous_end = stop;
+        if !bytes.is_empty() {
+            // Inside [base, end), whose length is out.len(): the difference fits in usize.
+            local.push(((offset - base) as usize, bytes));
+        }
+    }
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and `write_data` only ever
+    // stores initialised bytes, so `out` stays fully initialised.
+    let out = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    write_data(&local, out);
+    Ok(())
+}
+
 /// `D + data_nbytes` for an encoded header (validating it).
 pub fn total_len(header_bytes: &[u8]) -> Result<u64> {
     Ok(Frame::new(header_bytes)?.total_len())
@@ -391,5 +426,35 @@ mod tests {
             let got: Vec<u8> = out.iter().map(|x| unsafe { x.assume_init() }).collect();
             assert_eq!(got, want, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn write_range_places_segments_and_zeros_the_rest() {
+        let (a, b) = (vec![7u8; 5], vec![9u8; 3]);
+        let mut out = vec![0xEEu8; 16];
+        write_range(&[(130, &a), (140, &b), (143, &[])], 128, &mut out).unwrap();
+        let mut want = vec![0u8; 16];
+        want[2..7].fill(7);
+        want[12..15].fill(9);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn write_range_refuses_bad_segments() {
+        let a = vec![1u8; 8];
+        let mut out = vec![0u8; 16];
+        let cases: [&[(u64, &[u8])]; 4] = [
+            &[(8, &a), (0, &a)], // out of order
+            &[(0, &a), (4, &a)], // overlapping
+            &[(12, &a)],         // past the end
+            &[(u64::MAX, &a)],   // overflowing
+        ];
+        for segments in cases {
+            let err = write_range(segments, 0, &mut out).unwrap_err();
+            assert_eq!(err.kind(), "LayoutError");
+            assert!(err.to_string().contains("data segment"), "{err}");
+        }
+        let err = write_range(&[(0, &a)], 4, &mut out).unwrap_err(); // before the range
+        assert!(err.to_string().contains("[4, 20)"), "{err}");
     }
 }

@@ -580,6 +580,35 @@ fn assemble_into<'py>(
     Ok(len)
 }
 
+/// Data-section bytes `[base, base + length)`: leaf `k`'s bytes at `offsets[k]`, zeros elsewhere.
+///
+/// Offsets must be increasing and the leaves must not overlap or leave the range (`LayoutError`).
+#[pyfunction]
+fn write_range<'py>(
+    py: Python<'py>,
+    base: u64,
+    length: usize,
+    offsets: Vec<u64>,
+    leaves: Vec<Bound<'py, PyUntypedArray>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if offsets.len() != leaves.len() {
+        return Err(raise(
+            "LayoutError",
+            format!("{} offsets for {} leaves", offsets.len(), leaves.len()),
+        ));
+    }
+    let segments = offsets
+        .iter()
+        .zip(&leaves)
+        .enumerate()
+        .map(|(k, (&offset, leaf))| Ok((offset, leaf_slice(leaf, k)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyBytes::new_with(py, length, |out| {
+        py.detach(|| eqx::write_range(&segments, base, out))
+            .map_err(py_err)
+    })
+}
+
 /// Packs one-byte-per-element 4- or 2-bit values, `8 / bits` to a byte.
 #[pyfunction]
 fn pack_subbyte<'py>(
@@ -632,6 +661,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(assemble, m)?)?;
     m.add_function(wrap_pyfunction!(assemble_into, m)?)?;
+    m.add_function(wrap_pyfunction!(write_range, m)?)?;
     m.add_function(wrap_pyfunction!(pack_subbyte, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_subbyte, m)?)?;
     Ok(())
