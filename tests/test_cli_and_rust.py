@@ -83,3 +83,19 @@ def test_rust_example_prints_a_python_written_header(tmp_path):
     bad.write_bytes(path.read_bytes()[:-1])
     result = _print_header(bad)
     assert result.returncode == 1 and "EqxMsg" not in result.stdout and result.stderr.strip()
+
+
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo")
+def test_rust_core_benchmark_runs():
+    command = ["cargo", "run", "--quiet", "--release", "-p", "eqx_msg_core", "--example"]
+    result = subprocess.run(
+        [*command, "bench_core", "--", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "## header decode + validate" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| assemble")]
+    assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)

@@ -1,6 +1,6 @@
 //! Timings of the hot paths: header decode+validate, and the parallel assemble copy.
 //!
-//! `cargo run --release -p eqx_msg_core --example bench_core`
+//! `cargo run --release -p eqx_msg_core --example bench_core` (`-- --quick`: small sizes, to test it)
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -96,10 +96,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 64 } else { 1 };
     println!("## header decode + validate (median of 9)\n");
     println!("| leaves | tree nodes | header bytes | median ms |");
     println!("|---:|---:|---:|---:|");
     for (n, with_tree) in [(10_000, true), (100_000, false), (100_000, true)] {
+        let n = n / scale;
         let h = header_bytes(n, with_tree);
         let d = median(
             || {
@@ -115,9 +118,9 @@ fn main() {
         println!("| {n} | {nodes} | {} | {:.2} |", h.len(), ms(d));
     }
 
-    const GIB: usize = 1 << 30;
+    let size: usize = (1 << 30) / scale;
     const LEAVES: usize = 16;
-    let sizes = vec![(GIB / LEAVES) as u64; LEAVES];
+    let sizes = vec![(size / LEAVES) as u64; LEAVES];
     let (offsets, data_nbytes) = layout::plan(&sizes, 64).expect("valid layout");
     let leaves = (0..LEAVES)
         .map(|i| {
@@ -131,24 +134,28 @@ fn main() {
             ])
         })
         .collect();
-    let hb = encode_header(data_nbytes, leaves, vec![]);
+    let hb = encode_header(
+        data_nbytes,
+        leaves,
+        vec![("tree", map(vec![("t", s("none"))]))],
+    );
     let frame = Frame::new(&hb).expect("valid header");
     let total = frame.total_len() as usize;
 
-    let src: Vec<u8> = (0..GIB).map(|i| (i % 251) as u8).collect();
-    let bufs: Vec<&[u8]> = src.chunks(GIB / LEAVES).collect();
+    let src: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let bufs: Vec<&[u8]> = src.chunks(size / LEAVES).collect();
     let refs: Vec<Option<&[u8]>> = bufs.iter().map(|b| Some(*b)).collect();
     let mut dst = vec![1u8; total]; // pre-faulted: every page written once
                                     // The four cases are interleaved, so that noise from other tenants hits them alike.
     let runs = 7;
     let mut t: [Vec<Duration>; 4] = Default::default();
     for _ in 0..runs {
-        t[0].push(time(|| dst[..GIB].copy_from_slice(black_box(&src))));
+        t[0].push(time(|| dst[..size].copy_from_slice(black_box(&src))));
         t[1].push(time(|| {
             frame.write_into(&refs, &mut dst).expect("assemble")
         }));
         t[2].push(time(|| {
-            let mut v: Vec<u8> = Vec::with_capacity(GIB);
+            let mut v: Vec<u8> = Vec::with_capacity(size);
             v.extend_from_slice(black_box(&src));
             black_box(v);
         }));
@@ -163,9 +170,10 @@ fn main() {
         v[runs / 2]
     });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let gbps = |d: Duration| GIB as f64 / d.as_secs_f64() / 1e9;
+    let gbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
     println!(
-        "\n## copying 1 GiB ({LEAVES} leaves, {threads} threads available, median of {runs})\n"
+        "\n## copying {} MiB ({LEAVES} leaves, {threads} threads available, median of {runs})\n",
+        size >> 20
     );
     println!("| case | median ms | GB/s | vs memcpy |");
     println!("|---|---:|---:|---:|");
