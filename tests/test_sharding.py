@@ -40,6 +40,9 @@ def test_saved_layout_round_trips(name, tmp_path):
     loaded = eqx_msg.load(path, sharding="saved")["w"]
     assert loaded.sharding == array.sharding
     assert jnp.array_equal(loaded, array)
+    with eqx_msg.open(path) as reader:  # one leaf, through the reader
+        one = reader.get("['w']", sharding="saved")
+    assert one.sharding == array.sharding and jnp.array_equal(one, array)
 
 
 def test_reshard_4x2_to_2x4_and_8(tmp_path):
