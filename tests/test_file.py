@@ -178,6 +178,16 @@ def test_reader_lazy_access(tmp_path):
         assert isinstance(header, eqx_msg.Header) and header.leaves[0].path == reader.keys()[0]
         with pytest.raises(eqx_msg.KeyPathError, match="weigth"):
             reader["['decoder'].weigth"]
+    for read in (
+        lambda: reader["['table']"],
+        lambda: reader.get("['decoder'].weight"),
+        lambda: reader.slice("['table']"),
+        reader.load,
+    ):
+        with pytest.raises(eqx_msg.ClosedError, match="the reader is closed"):
+            read()
+    assert reader.keys() and reader.abstract() is not None  # the header stays readable
+    np.testing.assert_array_equal(table, model["table"])  # views taken before close stay valid
 
 
 def test_reader_abstract_matches_a_load_that_reads_nothing(tmp_path):

@@ -24,6 +24,7 @@ from ._codec import (
 from ._core import VERSION as FORMAT_VERSION
 from ._core import __version__
 from ._errors import (
+    ClosedError,
     DTypeError,
     EqxMsgError,
     FormatError,
@@ -54,6 +55,7 @@ def header(data: Any) -> Header:
 
 __all__ = [
     "FORMAT_VERSION",
+    "ClosedError",
     "DTypeError",
     "EqxMsgError",
     "FormatError",

@@ -53,6 +53,10 @@ class ShardingError(EqxMsgError):
     """A saved or requested sharding cannot be rebuilt on the devices at hand."""
 
 
+class ClosedError(EqxMsgError):
+    """A `Reader` was asked for array data after `close()` (or the end of its `with` block)."""
+
+
 class KeyPathError(EqxMsgError, KeyError):
     """A key path asked of a `Reader` is not in the file."""
 
@@ -61,6 +65,7 @@ class KeyPathError(EqxMsgError, KeyError):
 
 
 __all__ = [
+    "ClosedError",
     "DTypeError",
     "EqxMsgError",
     "FormatError",

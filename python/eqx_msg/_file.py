@@ -15,7 +15,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from . import _codec, _core, _leaves, _place, _registry, _tree
-from ._errors import KeyPathError, LayoutError, LengthError
+from ._errors import ClosedError, KeyPathError, LayoutError, LengthError
 from ._header import Header
 
 PathLike = str | os.PathLike[str]
@@ -289,7 +289,7 @@ class Reader:
         record = self._record(key)
         if record["kind"] == "abstract":
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
-        return self._file.arrays([record["index"]])[0]
+        return self._arrays([record["index"]])[0]
 
     def get(self, key: str, device: Any = None, sharding: Any = None) -> Any:
         """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""
@@ -301,7 +301,7 @@ class Reader:
             sharding, [record], lambda _: _leaves.abstract_leaf(record)
         )
         table = _leaves.table_of([record])
-        return _leaves.build_leaves(table, self._file.arrays([index]), device, shardings)[0]
+        return _leaves.build_leaves(table, self._arrays([index]), device, shardings)[0]
 
     def slice(self, key: str) -> _Slice:
         """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""
@@ -325,6 +325,7 @@ class Reader:
         filter: Any = None,
     ) -> Any:
         """The whole pytree, or the part `filter` selects; arguments as for `eqx_msg.load`."""
+        self._check_open()
         return _codec.rebuild(
             self._file,
             like=like,
@@ -345,6 +346,14 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _check_open(self) -> None:
+        if self._file.buf is None:
+            raise ClosedError(f"{self.path}: the reader is closed; reopen it with eqx_msg.open")
+
+    def _arrays(self, indices: list[int]) -> list[np.ndarray | None]:
+        self._check_open()
+        return self._file.arrays(indices)
 
     def _find(self, key: str) -> dict[str, Any] | None:
         """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
