@@ -252,7 +252,8 @@ class Reader:
         self.path = os.fspath(path)
         # Validates the whole file in Rust, which keeps the decoded records: fetching one leaf or
         # building the abstract tree never pays for decoding every record in Python.
-        self._file = _codec.File(_codec.as_bytes_array(self._map))
+        with _codec.gc_paused():
+            self._file = _codec.File(_codec.as_bytes_array(self._map))
         self._header: Header | None = None
 
     @property
@@ -273,7 +274,8 @@ class Reader:
 
     def specs(self) -> dict[str, jax.ShapeDtypeStruct]:
         """Key path -> `jax.ShapeDtypeStruct` of every array leaf, in file order; no data is read."""
-        return dict(zip(self.keys(), _leaves.abstract_leaves(self._file.table)))
+        with _codec.gc_paused():
+            return dict(zip(self.keys(), _leaves.abstract_leaves(self._file.table)))
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
@@ -310,9 +312,9 @@ class Reader:
     def abstract(self, allow: Any = ()) -> Any:
         """The saved pytree with `jax.ShapeDtypeStruct` leaves; no array data is read."""
         # From the records Rust decoded at open: no Python decode of the whole header.
-        leaves = _leaves.abstract_leaves(self._file.table)
-        tree = _codec.decode_tree(self._file.header.tree())
         with _codec.gc_paused():
+            leaves = _leaves.abstract_leaves(self._file.table)
+            tree = _codec.decode_tree(self._file.header.tree())
             return _tree.unflatten(tree, leaves, _registry.allow_map(allow))
 
     def load(
