@@ -188,8 +188,9 @@ def rebuild(
     if select is None:
         hosts = file.arrays()
     else:  # leaves not selected are not read: no view is even made
-        chosen = [i for i, p in enumerate(paths()) if select(p)]
-        hosts = [None] * len(file.table.kinds)
+        names = paths()
+        chosen = [i for i, name in enumerate(names) if select(name)]
+        hosts = [None] * len(names)
         for i, host in zip(chosen, file.arrays(chosen)):
             hosts[i] = host
     shardings = None
