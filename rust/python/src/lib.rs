@@ -378,6 +378,37 @@ fn leaf_types(leaves: &[LeafSpec]) -> (Vec<usize>, Vec<usize>) {
     (which, first)
 }
 
+/// A new C-contiguous, writable ndarray of `descr` and `dims` over `data`; over new, uninitialised
+/// memory that numpy allocates (and the array owns) when `data` is null.
+///
+/// # Safety
+/// A non-null `data` must point to `prod(dims) * descr.itemsize` bytes that outlive the array.
+unsafe fn new_array<'py>(
+    py: Python<'py>,
+    descr: &Bound<'py, PyArrayDescr>,
+    dims: &mut [npy_intp],
+    data: *mut c_void,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: PyArray_NewFromDescr steals the descr reference we pass (a new one, from
+    // `into_dtype_ptr`) and reads `dims.len()` dimensions; with null strides the array is
+    // C-contiguous, over `data` (the caller's promise) or over memory numpy allocates. A null
+    // result (with an exception set) becomes an Err.
+    unsafe {
+        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            descr.clone().into_dtype_ptr(),
+            dims.len() as c_int,
+            dims.as_mut_ptr(),
+            std::ptr::null_mut(),
+            data,
+            0,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, ptr)
+    }
+}
+
 /// A read-only array of `descr` and `dims` over `bytes`, which lie inside `base`'s buffer.
 ///
 /// The caller has checked that `bytes` holds exactly `prod(dims) * itemsize` bytes.
@@ -388,24 +419,9 @@ fn new_view<'py>(
     bytes: &[u8],
     base: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: PyArray_NewFromDescr steals the descr reference we pass (a new one, from
-    // `into_dtype_ptr`) and reads `dims.len()` dimensions; with NULL strides the array is
-    // C-contiguous and covers exactly `bytes` (the caller checked the length), which stay valid
-    // as long as `base` lives. A NULL result (with an exception set) becomes an Err.
-    let array = unsafe {
-        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
-            py,
-            get_type_object(py, NpyTypes::PyArray_Type),
-            descr.clone().into_dtype_ptr(),
-            dims.len() as c_int,
-            dims.as_mut_ptr(),
-            std::ptr::null_mut(),
-            bytes.as_ptr() as *mut c_void,
-            0,
-            std::ptr::null_mut(),
-        );
-        Bound::from_owned_ptr_or_err(py, ptr)?
-    };
+    // SAFETY: the caller checked that `bytes` holds exactly what the array covers; they stay
+    // valid as long as `base`, which the array keeps alive (below).
+    let array = unsafe { new_array(py, descr, dims, bytes.as_ptr() as *mut c_void)? };
     // SAFETY: `array` is the new ndarray above, referenced only here. Clearing WRITEABLE is how
     // numpy marks an array read-only. PyArray_SetBaseObject steals the new reference to `base`
     // (also on failure), which keeps `bytes` alive as long as the array.
@@ -428,22 +444,8 @@ fn new_unpacked<'py>(
     bits: u32,
 ) -> PyResult<Bound<'py, PyAny>> {
     let count: usize = dims.iter().map(|&d| d as usize).product();
-    // SAFETY: as in `new_view`, but with NULL data numpy allocates `count` one-byte elements (the
-    // caller checked the itemsize is 1), uninitialised and owned by the new array.
-    let array = unsafe {
-        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
-            py,
-            get_type_object(py, NpyTypes::PyArray_Type),
-            descr.clone().into_dtype_ptr(),
-            dims.len() as c_int,
-            dims.as_mut_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-            std::ptr::null_mut(),
-        );
-        Bound::from_owned_ptr_or_err(py, ptr)?
-    };
+    // SAFETY: with null data numpy allocates the array's own memory (uninitialised, written below).
+    let array = unsafe { new_array(py, descr, dims, std::ptr::null_mut())? };
     // SAFETY: the new array owns `count` contiguous bytes at its data pointer and nothing else
     // references it yet; `unpack` writes every one of them before anyone reads them.
     unsafe {
