@@ -234,13 +234,18 @@ def _read_into(path: str, out: np.ndarray) -> None:
             view = view[n:]
 
 
+def host_leaves(work: Workload) -> list[np.ndarray]:
+    """Every array leaf as a numpy array (key data for PRNG keys): what `device_put(list)` gets."""
+    return [np.array(jax.random.key_data(x) if is_key(x) else x) for x in work.leaves]
+
+
 def limits(work: Workload, directory: str, repeat: int) -> dict[str, float]:
     """Median seconds of memcpy, os.write (with/without fsync), readinto and device_put(list)."""
     src = contiguous_bytes(work)
     dst = np.empty_like(src)
     dst.fill(1)  # pre-fault: the limit is the copy, not first-touch page faults
     path = os.path.join(directory, "limit.raw")
-    host = [np.array(jax.random.key_data(x) if is_key(x) else x) for x in work.leaves]
+    host = host_leaves(work)
     ops: dict[str, tuple[Callable[[], Any], Callable[[], None] | None]] = {
         "memcpy": (lambda: np.copyto(dst, src), None),
         # What producing new bytes costs at least: the kernel zeroes each fresh page on first touch.

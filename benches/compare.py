@@ -32,7 +32,6 @@ from importlib import metadata
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from _measure import (  # noqa: E402
     BUDGET,
     SLOW,
@@ -40,6 +39,7 @@ from _measure import (  # noqa: E402
     abstract_problem,
     fresh,
     header_problem,
+    host_leaves,
     leaf_problem,
     limits,
     paired,
@@ -51,7 +51,7 @@ from _measure import (  # noqa: E402
     tree_problem,
 )
 from _systems import SYSTEMS, NotSupported, System, fsync_path, make  # noqa: E402
-from _workloads import WORKLOADS, Sizes, Workload, build, is_key  # noqa: E402
+from _workloads import WORKLOADS, Sizes, Workload, build  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GB = 1e9
@@ -286,7 +286,7 @@ def paired_with_device_put(
     """eqx_msg's load to jax and `jax.device_put` of the leaves as numpy, run alternately."""
     path = os.path.join(directory, "paired" + system.suffix)
     system.save(work, path)
-    host = [np.array(jax.random.key_data(x) if is_key(x) else x) for x in work.leaves]
+    host = host_leaves(work)
     try:
         return paired(lambda: system.load_jax(path, work), lambda: jax.device_put(host), runs)
     finally:
