@@ -101,3 +101,24 @@ def test_gpu_load_skips_without_a_gpu() -> None:
     done = run_script("benches/gpu_load.py", timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "no GPU: skipping" in done.stdout
+
+
+def test_gpu_load_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
+    """The one-shot GPU run must not die of a script bug: every row of eqx_msg's is timed and right."""
+    done = run_script(
+        "benches/gpu_load.py", "--allow-cpu", "--size-gib", "0.02", "--repeat", "1",
+        "--out", str(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = (tmp_path / "gpu_load.md").read_text()
+    assert report.strip() in done.stdout  # the table is printed and written alike
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
+    mine = [row for row in rows if "eqx_msg" in row.split("|")[1]]
+    assert len(mine) == 3, mine  # the big tree, the pinned-host experiment, the small leaves
+    for row in mine:
+        cell = row.split("|")[2]
+        assert cell.strip().endswith("ms") or cell.strip().endswith(" s"), row
+    assert "wrong result" not in report
+    assert "big tree at >= 25 GB/s (stretch 40): " in report
+    assert "small leaves >= 5x faster than jax.device_put(list): " in report
+    assert "no figure" not in report
