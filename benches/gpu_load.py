@@ -256,7 +256,7 @@ def big_rows(
 
     def eqx_msg_pinned() -> Any:
         with _eqx_msg().open(needs("eqx_msg")) as reader:
-            staged = jax.device_put([reader[key] for key in reader.keys()], pinned)
+            staged = jax.device_put([reader[key] for key in reader], pinned)
         return dict(zip(names, jax.device_put(staged, on_device)))
 
     staged_once: list[Any] = []  # made by the warm-up run, outside the timed runs
@@ -397,7 +397,9 @@ def targets(big: list[Row], nbytes: int, small: list[Row]) -> str:
     else:
         ratio = peer.seconds / mine.seconds
         verdict = "PASS" if ratio >= 5 else "MISS"
-        lines.append(f"- small leaves >= 5x faster than jax.device_put(list): {ratio:.2f}x, {verdict}")
+        lines.append(
+            f"- small leaves >= 5x faster than jax.device_put(list): {ratio:.2f}x, {verdict}"
+        )
     return "\n".join(lines)
 
 
