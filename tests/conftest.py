@@ -5,11 +5,21 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import math  # noqa: E402
+import struct  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
+import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def frame(header: dict, data: bytes, alignment: int = 64, version: int = 1) -> bytes:
+    """Frame a header and data exactly as FORMAT.md says, with no checks (a hostile writer)."""
+    encoded = msgpack.packb(header)
+    start = 16 + len(encoded)
+    pad = (-start) % alignment
+    return b"EQXMSG" + struct.pack("<HQ", version, len(encoded)) + encoded + bytes(pad) + data
 
 
 def leaf_bytes(x: Any) -> bytes:

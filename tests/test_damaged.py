@@ -3,21 +3,14 @@
 import contextlib
 import struct
 
-import msgpack
 import numpy as np
 import pytest
 
 import eqx_msg
 
+from conftest import frame as _frame
+
 GOOD = eqx_msg.dumps({"a": np.arange(16, dtype=np.float32), "b": np.ones((2, 3), np.int8)})
-
-
-def _frame(header: dict, data: bytes, alignment: int = 64, version: int = 1) -> bytes:
-    """Frame a header and data exactly as FORMAT.md says, with no checks (a hostile writer)."""
-    encoded = msgpack.packb(header)
-    start = 16 + len(encoded)
-    pad = (-start) % alignment
-    return b"EQXMSG" + struct.pack("<HQ", version, len(encoded)) + encoded + bytes(pad) + data
 
 
 def _header(leaves, data_nbytes, tree=None):

@@ -1,5 +1,8 @@
 """The registry: what a file may name, how users add to it, and what is never resolved."""
 
+import subprocess
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,8 @@ import pytest
 
 import eqx_msg
 from eqx_msg import _registry
+
+from conftest import frame
 
 
 def my_activation(x):
@@ -71,3 +76,105 @@ def test_dtypes_and_scalar_types_in_static_fields(roundtrip):
     )
     loaded = roundtrip(tree, allow=[Head])
     assert loaded.act == tree.act
+
+
+def test_library_objects_are_stored_under_their_public_names():
+    import optax
+
+    tree = {"mlp": eqx.nn.MLP(2, 2, 4, 1, key=jax.random.key(0)), "f": jax.nn.gelu}
+    tree["opt"] = optax.adam(1e-3).init({"w": jnp.ones(2)})
+    text = repr(eqx_msg.header(eqx_msg.dumps(tree)).model_dump()["tree"])
+    for public in ["equinox.nn.MLP", "equinox.nn.Linear", "jax.nn.relu", "jax.nn.gelu",
+                   "optax.ScaleByAdamState", "optax.EmptyState"]:  # fmt: skip
+        assert f"'{public}'" in text, public
+    assert "_src" not in text and "._linear." not in text
+    # A private helper with no public name keeps its module name: the MLP's default identity.
+    assert "'equinox.nn._mlp._identity'" in text
+
+
+def _file_naming(name: str) -> bytes:
+    """A file whose whole tree is one static value: a reference to `name`."""
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 0, "leaves": [],
+              "tree": {"t": "value", "v": {"$": "ref", "v": name}, "p": ""}}  # fmt: skip
+    return frame(header, b"")
+
+
+def test_public_and_module_names_both_resolve():
+    assert eqx_msg.loads(_file_naming("jax.nn.relu")) is jax.nn.relu
+    assert eqx_msg.loads(_file_naming("jax._src.nn.functions.relu")) is jax.nn.relu
+    assert eqx_msg.loads(_file_naming("equinox.nn.Linear")) is eqx.nn.Linear
+    assert eqx_msg.loads(_file_naming("jax.numpy.tanh")) is jnp.tanh
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "jax.numpy.load",
+        "numpy.save",
+        "numpy.fromfile",
+        "jax.debug.print",
+        "jax.nn._private",
+        "jax.nn.__class__",
+        "jax.nn.relu.__globals__",
+        "jax.numpy.__builtins__",
+        "os.system",
+        "jax.nn.no_such_function",
+        "jax.nn",
+        "jax_private_fork.nn.relu",
+    ],  # fmt: skip
+)
+def test_denied_private_and_unknown_names_do_not_resolve(name):
+    with pytest.raises(eqx_msg.UnknownTypeError, match="registry"):
+        eqx_msg.loads(_file_naming(name))
+
+
+def test_saving_and_loading_a_model_look_names_up_without_walking_the_namespaces(tmp_path):
+    """Names resolve by one lookup each: a fresh process never pays for seeding the registry."""
+    path = tmp_path / "mlp.eqx"
+    code = (
+        "import equinox as eqx, jax, eqx_msg\n"
+        "from eqx_msg import _registry\n"
+        "model = eqx.nn.MLP(2, 2, 4, 1, activation=jax.nn.gelu, key=jax.random.key(0))\n"
+        f"eqx_msg.save({str(path)!r}, {{'mlp': model, 'f': jax.numpy.tanh}})\n"
+        f"loaded = eqx_msg.load({str(path)!r})\n"
+        "assert type(loaded['mlp']) is eqx.nn.MLP and loaded['f'] is jax.numpy.tanh\n"
+        "assert loaded['mlp'].activation is jax.nn.gelu\n"
+        "assert loaded['mlp'].final_activation is model.final_activation  # equinox's lambda\n"
+        "print('seeded' if _registry._seeded else 'not seeded')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "not seeded"
+
+
+def test_one_lookup_accepts_only_what_the_full_walk_holds():
+    """Every `module.attr` of every imported jax/equinox/optax/numpy module: a direct lookup finds an
+    object only if the seeding walk (the reference rule) holds it under that name, or, for a public
+    `namespace.attr`, if the walk would take it from that namespace (under its own name)."""
+    code = """
+import sys, equinox, optax, eqx_msg
+from eqx_msg import _registry
+_registry._seed()
+walk = dict(_registry._by_name)
+checked = found = 0
+for module_name, module in list(sys.modules.items()):
+    if module is None or module_name.partition(".")[0] not in ("jax", "equinox", "optax", "numpy"):
+        continue
+    for attr in list(vars(module)):
+        name = f"{module_name}.{attr}"
+        _registry._by_name.pop(name, None)  # no cached answer
+        obj = _registry._look_up(name)
+        checked += 1
+        if obj is not _registry._MISSING:
+            found += 1
+            if module_name in _registry._SEED_NAMESPACES:  # a public name: what the walk would see
+                assert obj is vars(module)[attr] and not attr.startswith("_"), name
+                assert _registry._trusted(_registry.canonical_name(obj)), name
+            else:
+                assert walk.get(name) is obj, name
+print(checked, found)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checked, found = map(int, done.stdout.split())
+    assert checked > 10_000 and found > 500, (checked, found)
