@@ -160,7 +160,7 @@ def resolve(name: str, allow: Mapping[str, Any], where: str) -> Any:
         found = _by_name.get(name, _MISSING)
     if found is _MISSING:
         found = _look_up(name)
-    if found is _MISSING and not _seeded:  # rare names (aliases, modules not yet imported): walk all
+    if found is _MISSING and not _seeded:  # a rare name (alias, module not imported): walk all
         _seed()
         found = _by_name.get(name, _MISSING)
     if found is _MISSING:
