@@ -12,6 +12,8 @@ import pytest
 
 import eqx_msg
 
+from conftest import frame
+
 KEY = jax.random.key(0)
 K1, K2, K3 = jax.random.split(KEY, 3)
 
@@ -246,3 +248,58 @@ def test_loading_does_not_leak_modules():
     for _ in range(5):
         eqx_msg.loads(data)
     assert len(tracked) == before
+
+
+def _tied_where(pair):
+    return pair[1].weight
+
+
+def _tied_get(pair):
+    return pair[0].weight
+
+
+class TiedEmbedding(eqx.Module):
+    """Weight tying through eqx.nn.Shared: the Linear's weight is the Embedding's."""
+
+    shared: eqx.nn.Shared
+
+    def __init__(self, key):
+        embedding = eqx.nn.Embedding(5, 3, key=key)
+        linear = eqx.nn.Linear(3, 5, key=jax.random.fold_in(key, 1))
+        self.shared = eqx.nn.Shared((embedding, linear), _tied_where, _tied_get)
+
+    def __call__(self, token):
+        embedding, linear = self.shared()
+        return linear(embedding(token))
+
+
+def test_shared_weights_round_trip():
+    model = TiedEmbedding(K1)
+    data = eqx_msg.dumps(model)
+    loaded = eqx_msg.loads(data, allow=[TiedEmbedding, _tied_where, _tied_get])
+    assert jax.tree.structure(loaded) == jax.tree.structure(model)
+    placeholder = loaded.shared.pytree[1].weight  # a fresh SharedNode: instances hold nothing
+    assert type(placeholder) is type(model.shared.pytree[1].weight)
+    assert jnp.array_equal(loaded(jnp.asarray(2)), model(jnp.asarray(2)))
+    embedding, linear = loaded.shared()
+    assert linear.weight is embedding.weight  # tied again after loading
+
+
+class _Marker:
+    """A user placeholder class with state: not a state-free instance."""
+
+    def __init__(self):
+        self.count = 3
+
+
+def test_instances_with_state_are_refused():
+    with pytest.raises(eqx_msg.UnserialisableError, match="state-free instances"):
+        eqx_msg.dumps({"m": _Marker()})
+
+
+@pytest.mark.parametrize("name", ["equinox.nn.Linear", "builtins.int", "collections.OrderedDict"])
+def test_a_file_cannot_make_an_instance_of_a_class_with_state(name):
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 0, "leaves": [],
+              "tree": {"t": "value", "v": {"$": "new", "cls": name}, "p": ""}}  # fmt: skip
+    with pytest.raises(eqx_msg.HeaderError, match="not a class of stateless instances"):
+        eqx_msg.loads(frame(header, b""))

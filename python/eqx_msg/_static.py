@@ -57,10 +57,13 @@ def encode(value: Any, where: str) -> Any:
         return _encode_small_array(value, where)
     if isinstance(value, type) or callable(value):
         return {"$": "ref", "v": _registry.name_of(value, where)}
+    if _is_empty_instance_class(kind) and getattr(value, "__dict__", None) == {}:  # a placeholder
+        return {"$": "new", "cls": _registry.name_of(kind, where)}
     raise UnserialisableError(
         f"{where or 'the root'}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
         f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, tuples, "
-        "lists, dicts, sets, numpy dtypes, functools.partial, and module-level functions and classes."
+        "lists, dicts, sets, numpy dtypes, functools.partial, module-level functions and classes, and "
+        "state-free instances of such classes."
     )
 
 
@@ -103,6 +106,11 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             return functools.partial(func, *args, **keywords)
         if tag == "ndarray":
             return _decode_small_array(data, where)
+        if tag == "new":
+            cls = _registry.resolve(_str(data["cls"]), allow, where)
+            if not _is_empty_instance_class(cls):
+                raise HeaderError(f"{where}: {data['cls']} is not a class of stateless instances")
+            return object.__new__(cls)  # no __init__ of its own to skip, no state to restore
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, HeaderError | UnknownTypeError):
             raise
@@ -110,6 +118,19 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             f"{where or 'the root'}: malformed static value {data!r:.120}: {err}"
         ) from None
     raise HeaderError(f"{where or 'the root'}: unknown static value tag {data.get('$')!r}")
+
+
+def _is_empty_instance_class(cls: Any) -> bool:
+    """A plain Python class whose instances hold nothing: no `__new__`, `__init__` or slots of its own.
+
+    An instance with an empty `__dict__` is then fully described by its class (a placeholder marker).
+    """
+    return (
+        isinstance(cls, type)
+        and cls.__new__ is object.__new__
+        and cls.__init__ is object.__init__
+        and all("__slots__" not in vars(base) for base in cls.__mro__[:-1])
+    )
 
 
 def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:
