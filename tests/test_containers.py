@@ -1,6 +1,7 @@
 """Builtin containers and Python values round-trip with the same structure and leaf kinds."""
 
 import collections
+import re
 
 import jax
 import jax.numpy as jnp
@@ -123,3 +124,21 @@ def test_loads_of_misaligned_bytes_places_jax_leaves_from_one_aligned_copy():
     for a, b in zip(tree["w"], loaded["w"]):
         assert b.unsafe_buffer_pointer() % 64 == 0 and jnp.array_equal(a, b)
     assert not loaded["n"].flags.writeable
+
+
+def _nested(depth: int) -> list:
+    tree: object = np.arange(2)
+    for _ in range(depth):
+        tree = [tree]
+    return tree
+
+
+def test_nesting_up_to_the_format_limit_round_trips_and_deeper_is_refused_by_key_path(roundtrip):
+    from eqx_msg._tree import MAX_NESTING
+
+    roundtrip(_nested(MAX_NESTING))
+    roundtrip({"a": (_nested(MAX_NESTING - 2),)})
+    where = re.escape("[0]" * MAX_NESTING)
+    for depth in (MAX_NESTING + 1, 5000):  # 5000: far past Python's recursion limit
+        with pytest.raises(eqx_msg.LimitError, match=rf"^{where}: .* at most {MAX_NESTING} levels"):
+            eqx_msg.dumps(_nested(depth))

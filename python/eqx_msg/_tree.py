@@ -11,7 +11,7 @@ own unflatten for its class (Equinox Modules are rebuilt without calling `__init
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -19,12 +19,14 @@ import jax.tree_util as jtu
 import numpy as np
 from jax._src.tree_util import default_registry
 
-from . import _dtypes, _place, _registry, _static
-from ._errors import DTypeError, HeaderError, UnserialisableError
+from . import _core, _dtypes, _place, _registry, _static
+from ._errors import DTypeError, HeaderError, LimitError, UnserialisableError
 
 _ArrayImpl = type(jax.numpy.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
 _PY_SCALARS = (bool, int, float, complex, str, bytes)
+# A container node at depth d is a map at header level 2 + 2d holding its children's array at 3 + 2d.
+MAX_NESTING = (_core.MAX_DEPTH - 3) // 2 + 1
 
 
 class Flat(NamedTuple):
@@ -49,6 +51,7 @@ class _Flattener:
     def __init__(self, records: list[dict[str, Any]], sources: list[Any]):
         self.records = records
         self.sources = sources
+        self.depth = 0  # containers open around the node being walked
 
     def walk(self, obj: Any, path: str) -> dict[str, Any] | int:
         kind = type(obj)
@@ -65,7 +68,10 @@ class _Flattener:
             return self.mapping("dict", obj, path)
         if kind is list or kind is tuple:
             name = "list" if kind is list else "tuple"
-            return {"t": name, "c": [self.walk(v, f"{path}[{i}]") for i, v in enumerate(obj)]}
+            return {
+                "t": name,
+                "c": self.descend(path, ((v, f"{path}[{i}]") for i, v in enumerate(obj))),
+            }
         if obj is None:
             return {"t": "none"}
         if kind in _PY_SCALARS:
@@ -82,15 +88,27 @@ class _Flattener:
             return {
                 "t": "namedtuple",
                 "cls": _registry.name_of(kind, path),
-                "c": [self.walk(v, f"{path}.{f}") for f, v in zip(kind._fields, obj)],
+                "c": self.descend(path, ((v, f"{path}.{f}") for f, v in zip(kind._fields, obj))),
             }
         return self.custom(obj, path)
+
+    def descend(self, path: str, children: Iterable[tuple[Any, str]]) -> list[dict[str, Any] | int]:
+        """Walk the `(child, key path)` pairs of the container at `path`, one level down."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:  # each level is a map and its array in the header
+            raise LimitError(
+                f"{path or 'the root'}: the tree nests containers {self.depth} deep here; a file "
+                f"holds at most {MAX_NESTING} levels (the header's nesting limit, FORMAT.md section 2)"
+            )
+        nodes = [self.walk(child, path) for child, path in children]
+        self.depth -= 1
+        return nodes
 
     def mapping(self, tag: str, obj: Mapping[Any, Any], path: str) -> dict[str, Any]:
         return {
             "t": tag,
             "k": [_static.encode(k, path) for k in obj],
-            "c": [self.walk(v, f"{path}[{k!r}]") for k, v in obj.items()],
+            "c": self.descend(path, ((v, f"{path}[{k!r}]") for k, v in obj.items())),
         }
 
     def custom(self, obj: Any, path: str) -> dict[str, Any]:
@@ -104,7 +122,7 @@ class _Flattener:
             "t": "node",
             "cls": _registry.name_of(cls, path),
             "aux": _static.encode(aux, f"{path} (flatten data of {cls.__qualname__})"),
-            "c": [self.walk(child, path + jtu.keystr(key)) for key, child in children],
+            "c": self.descend(path, ((child, path + jtu.keystr(key)) for key, child in children)),
         }
 
     def leaf(self, obj: Any, path: str) -> int:
