@@ -112,3 +112,20 @@ def test_write_range_places_leaves_and_zeros_the_gaps():
 def test_write_range_refuses_bad_segments(offsets, leaves, message):
     with pytest.raises(LayoutError, match=message):
         _core.write_range(0, 32, offsets, leaves)
+
+
+def test_the_stub_file_matches_the_extension(tmp_path):
+    """mypy's stubtest: every name, signature and class in `_core.pyi` is what the extension has."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "eqx_msg._core"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=tmp_path,  # (mypy's cache goes there, not into the checkout)
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Success" in done.stdout

@@ -6,10 +6,17 @@ message saying what is wrong and where. Long-running work runs with the GIL rele
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "MAGIC", "VERSION", "PREFIX_LEN", "MIN_ALIGNMENT", "MAX_ALIGNMENT", "MAX_HEADER_LEN", "MAX_DEPTH",
+    "MAX_NDIM", "__version__", "dtype_names", "dtype_bits", "storage_nbytes", "layout", "FileHeader",
+    "aligned_copy", "total_len", "frame_prefix", "assemble", "assemble_into", "write_range",
+    "pack_subbyte", "unpack_subbyte",
+]  # fmt: skip
 
 MAGIC: bytes
 """The six bytes every file starts with: `b"EQXMSG"`."""
@@ -42,6 +49,7 @@ def storage_nbytes(dtype: str, shape: Sequence[int]) -> int:
 def layout(nbytes: Sequence[int], alignment: int) -> tuple[list[int], int]:
     """Offsets of leaves of these sizes laid out in order at `alignment`, and `data_nbytes`."""
 
+@final
 class FileHeader:
     """A validated file's header, decoded once in Rust: lookups without a Python decode of it all."""
 
@@ -50,7 +58,7 @@ class FileHeader:
     data_start: int
     """File offset of the data section."""
 
-    def __init__(self, buf: npt.NDArray[np.uint8]) -> None:
+    def __new__(cls, buf: npt.NDArray[np.uint8]) -> FileHeader:
         """Validate a whole file (prefix, header, exact length) and keep its decoded header."""
 
     def find(self, path: str) -> dict[str, Any] | None:
