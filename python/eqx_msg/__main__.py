@@ -43,7 +43,7 @@ def demo() -> int:
     import eqx_msg
 
     key = jax.random.key(0)
-    model = {
+    model: dict[str, Any] = {
         "mlp": eqx.nn.MLP(8, 4, width_size=32, depth=2, activation=jax.nn.gelu, key=key),
         "norm": eqx.nn.LayerNorm(4),
         "embed_bf16": jnp.ones((16, 8), jnp.bfloat16),
@@ -62,7 +62,7 @@ def demo() -> int:
         expected = model["norm"](model["mlp"](x))
         got = loaded["norm"](loaded["mlp"](x))
         same = bool(jnp.array_equal(expected, got))
-        same_tree = jax.tree.structure(model) == jax.tree.structure(loaded)
+        same_tree = jax.tree.structure(model) == jax.tree.structure(loaded)  # type: ignore[operator]
         print(
             f"saved {path} ({os.path.getsize(path)} bytes) in {saved * 1e3:.1f} ms; "
             f"loaded in {took * 1e3:.1f} ms"

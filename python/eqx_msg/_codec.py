@@ -307,7 +307,10 @@ def dumps_size(tree: Any, *, metadata: Any = None, alignment: int = 64) -> int:
 
 def _host_arrays(planned: Plan) -> list[np.ndarray | None]:
     """The bytes to store for each leaf of a plan (None for abstract leaves)."""
-    return [_leaves.host_array(r, s) for r, s in zip(planned.records, planned.sources)]
+    return [
+        None if r["kind"] == "abstract" else _leaves.host_array(r, s)
+        for r, s in zip(planned.records, planned.sources)
+    ]
 
 
 def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:

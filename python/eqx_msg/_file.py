@@ -164,13 +164,12 @@ def _row_shards(array: Any) -> list[Any] | None:
     return ordered if end == array.shape[0] else None
 
 
-def _flat_bytes(array: np.ndarray | None) -> np.ndarray:
-    assert array is not None
+def _flat_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def _write_all(f: BinaryIO, data: bytes | np.ndarray) -> None:
-    view = memoryview(data).cast("B")
+def _write_all(f: BinaryIO, data: bytes | memoryview | np.ndarray) -> None:
+    view = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
     while view.nbytes:
         n = f.write(view)
         if n is None:  # a non-blocking raw file: nothing written this time
@@ -291,7 +290,10 @@ class Reader:
         record = self._record(key)
         if record["kind"] == "abstract":
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
-        return self._arrays([record["index"]])[0]
+        (view,) = self._arrays([record["index"]])
+        if view is None:  # pragma: no cover - only abstract leaves have none, refused above
+            raise KeyPathError(f"{key}: no data")
+        return view
 
     def get(self, key: str, device: Any = None, sharding: Any = None) -> Any:
         """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""

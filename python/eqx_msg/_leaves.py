@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -19,14 +19,12 @@ _KINDS = frozenset({"numpy", "numpy_scalar", "jax", "key", "abstract"})
 _PLACED = frozenset({"jax", "key"})  # kinds that go to a device
 
 
-def host_array(record: dict[str, Any], source: Any) -> np.ndarray | None:
-    """The bytes to store for one leaf: C-contiguous, little-endian, sub-byte types packed.
+def host_array(record: dict[str, Any], source: Any) -> np.ndarray:
+    """The bytes to store for one leaf with data: C-contiguous, little-endian, sub-byte types packed.
 
-    Device arrays come to the host here (one leaf at a time). Returns None for abstract leaves.
+    Device arrays come to the host here (one leaf at a time).
     """
     kind = record["kind"]
-    if kind == "abstract":
-        return None
     array = np.asarray(jax.random.key_data(source) if kind == "key" else source)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
@@ -126,14 +124,15 @@ def build_leaves(
     for i in [i for i, host in enumerate(hosts) if host is None]:
         leaves[i] = types[which[i]].abstract
     for i in [i for i, kind in enumerate(kinds) if kind == "numpy_scalar"]:
-        if hosts[i] is not None:
-            leaves[i] = hosts[i][()]
+        host = hosts[i]
+        if host is not None:
+            leaves[i] = host[()]
     to_place = [
         i
         for i, (kind, host) in enumerate(zip(kinds, hosts))
         if kind in _PLACED and host is not None
     ]
-    if not jax.config.jax_enable_x64 and any(t.x64_only for t in types):
+    if not jax.config.read("jax_enable_x64") and any(t.x64_only for t in types):
         # 64-bit data stays exact: numpy, never a silently narrowed jax array.
         numpy_instead = [i for i in to_place if kinds[i] == "jax" and types[which[i]].x64_only]
         if numpy_instead:
@@ -142,7 +141,7 @@ def build_leaves(
             to_place = [i for i in to_place if i not in skipped]
     avals = [_place.aval(t.shape, t.dtype, t.weak_type) for t in types] if to_place else []
     placed = _place.put(
-        [hosts[i] for i in to_place],
+        cast(list[np.ndarray], [hosts[i] for i in to_place]),  # (to_place holds leaves with data)
         [avals[which[i]] for i in to_place],
         device,
         None if shardings is None else [shardings[i] for i in to_place],

@@ -45,8 +45,9 @@ def put(
     committed = device is not None
     out: list[Any] = [None] * len(hosts)
     if shardings is not None:
-        for i in [i for i, sharding in enumerate(shardings) if sharding is not None]:
-            out[i] = _from_callback(hosts[i], shardings[i])
+        for i, sharding in enumerate(shardings):
+            if sharding is not None:
+                out[i] = _from_callback(hosts[i], sharding)
     large = [
         i
         for i, (host, abstract, placed) in enumerate(zip(hosts, avals, out))

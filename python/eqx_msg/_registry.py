@@ -243,16 +243,15 @@ def _add_module(module: Any, defined_here_only: bool) -> None:
         if name is None and defined_here and getattr(obj, "__name__", None) == "<lambda>":
             name = f"{module.__name__}.{attr}"  # e.g. the MLP's default `_identity = lambda x: x`
             _user_names.setdefault(id(obj), name)
-        if not _trusted(name):
-            continue
-        if defined_here_only and not defined_here:
+        if name is None or not _trusted(name) or (defined_here_only and not defined_here):
             continue
         _by_name.setdefault(name, obj)
 
 
 def _add_singletons() -> None:
     """Objects compared by identity inside Equinox's flatten data, stored by name."""
-    missing = jax.tree_util.tree_structure(eqx.nn.Identity()).node_data()[1][0]
+    treedef = jax.tree_util.tree_structure(eqx.nn.Identity())
+    missing = treedef.node_data()[1][0]  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
     name = "equinox._module._flatten.MISSING"
     _by_name.setdefault(name, missing)
     _user_names.setdefault(id(missing), name)

@@ -128,7 +128,7 @@ def _is_empty_instance_class(cls: Any) -> bool:
     return (
         isinstance(cls, type)
         and cls.__new__ is object.__new__
-        and cls.__init__ is object.__init__
+        and getattr(cls, "__init__", None) is object.__init__
         and all("__slots__" not in vars(base) for base in cls.__mro__[:-1])
     )
 

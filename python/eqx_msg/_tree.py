@@ -114,7 +114,7 @@ class _Flattener:
     def custom(self, obj: Any, path: str) -> dict[str, Any]:
         """A node registered with JAX (Module, optax state, ...), or a non-array leaf."""
         children, treedef = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
-        node_data = treedef.node_data()
+        node_data = treedef.node_data()  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
         if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
             return {"t": "value", "v": _static.encode(obj, path), "p": path}
         cls, aux = node_data
@@ -144,7 +144,7 @@ def leaf_record(obj: Any, path: str) -> dict[str, Any]:
     if isinstance(obj, np.generic):
         return {"path": path, "kind": "numpy_scalar", "dtype": _dtype(obj.dtype, path), "shape": []}
     if isinstance(obj, jax.ShapeDtypeStruct):
-        record = {"path": path, "kind": "abstract"}
+        record: dict[str, Any] = {"path": path, "kind": "abstract"}
         if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
             impl = obj.dtype._impl
             record.update(dtype="uint32", shape=[*obj.shape, *impl.key_shape], key_impl=impl.name)
