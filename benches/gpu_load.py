@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 LEAVES = 64
+THREADS = 4  # for the threaded device_put experiment
 SMALL_LEAVES = 10_000
 SMALL_FLOATS = 16
 GB = 1e9
@@ -266,6 +267,16 @@ def big_rows(
             staged_once.append(jax.block_until_ready(jax.device_put(arrays, pinned)))
         return jax.device_put(staged_once[0], on_device)
 
+    def eqx_msg_threads() -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _eqx_msg().open(needs("eqx_msg")) as reader:
+            views = [reader[key] for key in reader]
+        groups = [views[k::THREADS] for k in range(THREADS)]
+        with ThreadPoolExecutor(THREADS) as pool:
+            placed = list(pool.map(lambda group: jax.device_put(group, device), groups))
+        return [placed[i % THREADS][i // THREADS] for i in range(len(views))]
+
     def memmap_list() -> Any:
         whole = np.memmap(needs("raw"), np.float32, mode="r").reshape(len(arrays), *shape)
         return jax.device_put(list(whole), device)
@@ -308,6 +319,20 @@ def big_rows(
         run(
             "ceiling: device_put of arrays already in pinned_host memory to the device",
             pinned_to_device,
+            repeat,
+            block,
+            verify,
+        ),
+        run(
+            f"experiment: eqx_msg views, device_put from {THREADS} threads at once",
+            eqx_msg_threads,
+            repeat,
+            block,
+            verify,
+        ),
+        run(
+            f"jax.device_put(list of {len(arrays)} numpy arrays in memory, not mapped)",
+            lambda: jax.device_put(arrays, device),
             repeat,
             block,
             verify,

@@ -114,7 +114,7 @@ def test_gpu_load_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     assert report.strip() in done.stdout  # the table is printed and written alike
     rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
     mine = [row for row in rows if "eqx_msg" in row.split("|")[1]]
-    assert len(mine) == 3, mine  # the big tree, the pinned-host experiment, the small leaves
+    assert len(mine) == 4, mine  # the big tree, two experiments, the small leaves
     for row in mine:
         cell = row.split("|")[2]
         assert cell.strip().endswith("ms") or cell.strip().endswith(" s"), row
