@@ -129,3 +129,46 @@ def test_the_stub_file_matches_the_extension(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "Success" in done.stdout
+
+
+def test_aligned_copy_refuses_an_alignment_past_the_format_limit():
+    with pytest.raises(LayoutError, match="power of two up to"):
+        _core.aligned_copy(np.zeros(1, np.uint8), 1 << 50)
+    copy, offset = _core.aligned_copy(np.arange(5, dtype=np.uint8), 1 << 20)
+    assert copy[offset : offset + 5].tolist() == [0, 1, 2, 3, 4]
+    assert (copy.ctypes.data + offset) % (1 << 20) == 0
+
+
+def _one_leaf_file(kind, dtype, shape, nbytes):
+    from conftest import frame
+
+    record = {"path": "['x']", "kind": kind, "dtype": dtype, "shape": shape}
+    if kind != "abstract":
+        record.update(offset=0, nbytes=nbytes)
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": nbytes,
+              "leaves": [record], "tree": {"t": "dict", "k": ["x"], "c": [0]}}  # fmt: skip
+    return frame(header, bytes(nbytes))
+
+
+def test_shapes_with_a_zero_dimension_follow_the_zero_rule():
+    # Valid files (0 elements), however large the other dimensions.
+    loaded = eqx_msg.loads(_one_leaf_file("abstract", "float32", [2**40, 2**40, 0], 0))
+    assert loaded["x"].shape == (2**40, 2**40, 0)
+    assert eqx_msg.loads(_one_leaf_file("numpy", "float32", [2**60, 0], 0))["x"].shape == (2**60, 0)
+    # numpy itself cannot make these (its size check multiplies before reaching the 0).
+    for kind, dtype, shape in [("numpy", "int4", [2**62, 4, 0]), ("numpy", "float32", [2**63, 0])]:
+        with pytest.raises(eqx_msg.LimitError, match="too large for a numpy array"):
+            eqx_msg.loads(_one_leaf_file(kind, dtype, shape, 0))
+
+
+def test_assemble_into_refuses_a_leaf_anywhere_inside_the_output_buffer():
+    planned = _codec.plan({"w": np.zeros(8, np.uint8)}, None, 64)
+    size = _core.total_len(planned.header)
+    out = np.zeros(size + 64, np.uint8)
+    with pytest.raises(LayoutError, match="inside the output buffer"):
+        _core.assemble_into(planned.header, [out[size + 8 : size + 16]], out)  # past the file
+
+
+def test_write_range_refuses_a_segment_whose_end_overflows():
+    with pytest.raises(LayoutError, match="data segment 0"):
+        _core.write_range(2**64 - 17, 16, [2**64 - 5], [np.arange(1, 9, dtype=np.uint8)])

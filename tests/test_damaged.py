@@ -201,3 +201,35 @@ def test_random_corruption_never_crashes():
             data[i] = rng.integers(0, 256)
         with contextlib.suppress(eqx_msg.EqxMsgError):  # valid but different data is fine too
             eqx_msg.loads(bytes(data))
+
+
+def test_nil_optional_keys_count_as_absent():
+    leaf = _leaf(0, 16)
+    leaf.update(weak_type=None, key_impl=None, sharding=None)
+    header = _header([leaf], 64)
+    header["writer"] = None
+    data = _frame(header, bytes(64))
+    parsed = eqx_msg.header(data)
+    assert parsed.writer == {} and parsed.leaves[0].weak_type is False
+    assert eqx_msg.loads(data)[0].shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"tree": {"t": "bogus"}},
+        {"tree": {"t": "value", "v": 1, "p": 5}},
+        {"writer": {"eqx_msg": 1}},
+        {"leaves": [{**_leaf(0, 16), "sharding": {"mesh_axes": 3}}]},
+    ],
+    ids=["unknown node", "path not a string", "writer value not a string", "bad sharding record"],
+)
+def test_header_models_report_a_header_error_not_a_pydantic_one(edit, tmp_path):
+    header = {**_header([_leaf(0, 16)], 64), **edit}
+    data = _frame(header, bytes(64))
+    with pytest.raises(eqx_msg.HeaderError, match="does not match FORMAT.md"):
+        eqx_msg.header(data)
+    path = tmp_path / "bad.eqx"
+    path.write_bytes(data)
+    with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.HeaderError):
+        reader.header  # noqa: B018

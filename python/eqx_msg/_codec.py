@@ -13,10 +13,11 @@ import jax
 import jax.tree_util as jtu
 import msgpack
 import numpy as np
+import pydantic
 
 from . import _core, _leaves, _place, _registry, _static, _tree
 from ._errors import HeaderError, StructureMismatchError, UnserialisableError
-from ._header import FORMAT_NAME, Header
+from ._header import FORMAT_NAME, Header, without_nil_optionals
 
 WRITER = {
     "eqx_msg": _core.__version__,
@@ -170,7 +171,18 @@ def _unpack(data: Any, where: str) -> Any:
 def validate_header(raw: dict[str, Any]) -> Header:
     """The pydantic `Header` of a decoded header dict (its byte layout already checked by Rust)."""
     with gc_paused():  # 10k leaf models: collections would cost more than the validation
-        return Header.model_validate(raw)
+        try:
+            return Header.model_validate(raw)
+        except pydantic.ValidationError:
+            pass  # the rare file with nil optional keys: retried without them, off the hot path
+        try:
+            return Header.model_validate(without_nil_optionals(raw))
+        except pydantic.ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'the header'}: {e['msg']}"
+                for e in err.errors()[:5]
+            )
+            raise HeaderError(f"the header does not match FORMAT.md: {problems}") from None
 
 
 def rebuild(

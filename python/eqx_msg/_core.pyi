@@ -1,8 +1,14 @@
 """Type stubs for `eqx_msg._core`, the Rust extension (crate `rust/python`, core in `rust/core`).
 
-Every function raises the `eqx_msg._errors` class named by the failure (`MagicError`,
+Failures of the data raise the `eqx_msg._errors` class named by the failure (`MagicError`,
 `VersionError`, `LengthError`, `HeaderError`, `LayoutError`, `DTypeError`, `LimitError`), with a
-message saying what is wrong and where. Long-running work runs with the GIL released.
+message saying what is wrong and where. Beyond those: `MemoryError` when an allocation fails,
+`TypeError`/`OverflowError` for an argument of the wrong type or range, `IndexError` for a leaf index
+out of range.
+
+Copies, header decoding and file assembly run with the GIL released (unpacking sub-byte leaves does
+not). So a buffer passed in must not be written to, or freed by `ndarray.resize(refcheck=False)`,
+from another thread during the call.
 """
 
 from collections.abc import Sequence
@@ -92,7 +98,10 @@ class FileHeader:
         """The encoded msgpack of the header's `tree` value."""
 
 def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArray[np.uint8], int]:
-    """A parallel copy of `buf` at a multiple of `alignment`: it is `array[offset:offset + len(buf)]`."""
+    """A parallel copy of `buf` at a multiple of `alignment`: it is `array[offset:offset + len(buf)]`.
+
+    LayoutError unless `alignment` is a power of two up to MAX_ALIGNMENT.
+    """
 
 def frame_prefix(header: bytes) -> bytes:
     """Prefix + header + zero padding up to the data section, for streaming writers."""
@@ -116,7 +125,7 @@ def assemble_into(
 ) -> int:
     """Write the whole file into the start of the writable `out`; return its length.
 
-    LengthError if `out` is too short, LayoutError if a leaf lies inside `out`.
+    LengthError if `out` is too short, LayoutError if a leaf lies anywhere inside `out`.
     """
 
 def pack_subbyte(src: npt.NDArray[np.uint8], bits: int) -> bytes:

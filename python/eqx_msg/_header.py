@@ -151,6 +151,26 @@ class Header(_Model):
         return [leaf.path for leaf in self.leaves]
 
 
+def without_nil_optionals(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` without the nil values of optional header and leaf keys: FORMAT.md section 2 counts
+    them as absent (the models' defaults then apply)."""
+
+    def clean(data: Any, model: type[BaseModel]) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = model.model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if v is not None or k not in fields or fields[k].is_required()
+        }
+
+    header = clean(raw, Header)
+    if isinstance(header.get("leaves"), list):
+        header["leaves"] = [clean(leaf, LeafSpec) for leaf in header["leaves"]]
+    return header
+
+
 for _model in (ListNode, TupleNode, DictNode, OrderedDictNode, DefaultDictNode, NamedTupleNode,
                CustomNode, Header):  # fmt: skip
     _model.model_rebuild()

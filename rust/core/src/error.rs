@@ -252,6 +252,11 @@ pub enum Error {
         /// The range being written.
         within: (u64, u64),
     },
+    /// Memory for a new buffer could not be allocated.
+    AllocFailed {
+        /// The size asked for.
+        bytes: u64,
+    },
     /// A buffer given to a function has the wrong length.
     BufferLength {
         /// Which buffer.
@@ -264,7 +269,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The name of the Python exception class (in `eqx_msg._errors`) this error maps to.
+    /// The name of the Python exception class this error maps to: one of `eqx_msg._errors`, or
+    /// the built-in `MemoryError` for [`Error::AllocFailed`].
     pub fn kind(&self) -> &'static str {
         use Error::*;
         match self {
@@ -294,6 +300,7 @@ impl Error {
             | LeafLength { .. }
             | BadSegment { .. }
             | BufferLength { .. } => "LayoutError",
+            AllocFailed { .. } => "MemoryError", // Python's own: not a fault of the data
         }
     }
 }
@@ -469,6 +476,7 @@ impl fmt::Display for Error {
                 expected,
                 actual,
             } => write!(f, "{what} is {actual} bytes, expected {expected}"),
+            AllocFailed { bytes } => write!(f, "cannot allocate {bytes} bytes"),
         }
     }
 }

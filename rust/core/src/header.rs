@@ -242,6 +242,7 @@ impl<'a> Header<'a> {
             let found = Cursor::at(tree.as_bytes(), 0).next()?;
             return Err(wrong(&field(5), "map or leaf index", &found));
         }
+        let writer = writer.filter(|v| !v.is_nil()); // nil counts as absent (FORMAT.md section 2)
         if let Some(v) = writer.filter(|v| !v.is_map()) {
             let found = Cursor::at(v.as_bytes(), 0).next()?;
             return Err(wrong(&field(7), "map", &found));

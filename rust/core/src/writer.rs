@@ -320,14 +320,14 @@ pub fn write_range(segments: &[(u64, &[u8])], base: u64, out: &mut [u8]) -> Resu
     let mut local = Vec::with_capacity(segments.len());
     let mut previous_end = base;
     for (index, &(offset, bytes)) in segments.iter().enumerate() {
-        let stop = offset.saturating_add(bytes.len() as u64);
-        if offset < previous_end || stop > end {
+        let stop = offset.checked_add(bytes.len() as u64);
+        let Some(stop) = stop.filter(|&stop| offset >= previous_end && stop <= end) else {
             return Err(Error::BadSegment {
                 index,
-                range: (offset, stop),
+                range: (offset, offset.saturating_add(bytes.len() as u64)),
                 within: (base, end),
             });
-        }
+        };
         previous_end = stop;
         if !bytes.is_empty() {
             // Inside [base, end), whose length is out.len(): the difference fits in usize.
@@ -362,7 +362,10 @@ pub fn assemble(header_bytes: &[u8], leaves: &[Option<&[u8]>]) -> Result<Vec<u8>
     let len = usize::try_from(frame.total_len()).map_err(|_| Error::SizeOverflow {
         what: "the file length on this platform".into(),
     })?;
-    let mut out = Vec::with_capacity(len);
+    frame.segments(leaves)?; // wrong leaves are an error, not a huge allocation first
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| Error::AllocFailed { bytes: len as u64 })?;
     frame.write_into_uninit(leaves, &mut out.spare_capacity_mut()[..len])?;
     // SAFETY: `write_into_uninit` returned Ok, so it initialised all `len` bytes.
     unsafe { out.set_len(len) };
@@ -456,5 +459,9 @@ mod tests {
         }
         let err = write_range(&[(0, &a)], 4, &mut out).unwrap_err(); // before the range
         assert!(err.to_string().contains("[4, 20)"), "{err}");
+        // A segment whose end overflows u64 is refused even when the range ends at u64::MAX.
+        let mut tail = vec![0u8; 16];
+        let err = write_range(&[(u64::MAX - 4, &a)], u64::MAX - 16, &mut tail).unwrap_err();
+        assert_eq!(err.kind(), "LayoutError", "{err}");
     }
 }

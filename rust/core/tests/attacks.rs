@@ -450,6 +450,12 @@ fn the_good_file_is_accepted() {
 }
 
 #[test]
+fn a_nil_writer_counts_as_absent() {
+    let file = root_edit("writer", Value::Nil);
+    assert_eq!(Reader::new(&file).unwrap().header().writer, None);
+}
+
+#[test]
 fn messages_say_where() {
     let e = Reader::new(&leaf_edit(1, "offset", Value::from(32))).unwrap_err();
     let m = e.to_string();

@@ -33,6 +33,18 @@ fn assemble_then_read() {
 }
 
 #[test]
+fn assemble_checks_the_leaves_before_allocating_the_file() {
+    // A valid header for a 64 TiB data section with no leaves: the wrong leaf list is the error,
+    // not an allocation of 64 TiB (which would abort the process).
+    let h = enc(&header(64, 1 << 46, vec![]));
+    let one = [1u8; 8];
+    let err = assemble(&h, &[Some(&one[..])]).unwrap_err();
+    assert!(matches!(err, Error::LeafCount { .. }), "{err}");
+    // (With the right, empty, leaf list the allocation fails as `Error::AllocFailed` on a normal
+    // machine; not run here, since with overcommit on it would write 64 TiB of zeros.)
+}
+
+#[test]
 fn assemble_into_overwrites_garbage() {
     let h = enc(&good_header());
     let leaves = good_leaves();

@@ -19,7 +19,7 @@ use numpy::{
     PyArray1, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyIndexError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyMemoryError, PyOverflowError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -44,7 +44,10 @@ fn raise(kind: &str, message: String) -> PyErr {
 
 /// The Python exception for an `eqx_msg_core` error.
 fn py_err(e: Error) -> PyErr {
-    raise(e.kind(), e.to_string())
+    match e {
+        Error::AllocFailed { .. } => PyMemoryError::new_err(e.to_string()),
+        _ => raise(e.kind(), e.to_string()),
+    }
 }
 
 /// The bytes of a 1-D uint8 array, which must be contiguous.
@@ -87,8 +90,10 @@ fn leaf_slice<'a>(arr: &'a Bound<'_, PyUntypedArray>, i: usize) -> PyResult<&'a 
         return Ok(&[]);
     }
     // SAFETY: `arr` is a live numpy array (borrowed for 'a, so it cannot be freed meanwhile);
-    // being C-contiguous, its `nbytes` bytes start at its data pointer. numpy arrays cannot be
-    // resized while referenced, so the pointer stays valid for 'a.
+    // being C-contiguous, its `nbytes` bytes start at its data pointer. numpy refuses to resize
+    // a referenced array; only an explicitly unchecked `resize(refcheck=False)` from another
+    // thread while the GIL is released could free the memory, which the stub documents as the
+    // caller's obligation.
     unsafe {
         let data = (*_PyArray_GET_ITEM_DATA(arr.as_array_ptr())).data;
         Ok(std::slice::from_raw_parts(data.cast::<u8>(), nbytes))
@@ -284,12 +289,25 @@ impl FileHeader {
                 .and_then(|(s, e)| data.get(s..e))
                 .ok_or_else(|| raise("LayoutError", format!("leaf {i}: bytes outside the file")))?;
             let t = self.which[i];
-            dims.clear();
-            for &d in &leaf.shape {
-                dims.push(npy_intp::try_from(d).map_err(|_| {
-                    PyOverflowError::new_err(format!("leaf {i}: dimension {d} is too large"))
-                })?);
+            // numpy refuses a shape whose dimensions multiply (zeros included, in order) past
+            // isize, even with no elements; say so here, as an eqx_msg error.
+            let itemsize = dtypes[t].itemsize() as u64;
+            let fits_numpy = leaf
+                .shape
+                .iter()
+                .try_fold(itemsize.max(1), |acc, &d| acc.checked_mul(d))
+                .is_some_and(|size| size <= isize::MAX as u64);
+            if !fits_numpy {
+                return Err(raise(
+                    "LimitError",
+                    format!(
+                        "leaf {i}: shape {:?} is too large for a numpy array on this platform",
+                        leaf.shape
+                    ),
+                ));
             }
+            dims.clear();
+            dims.extend(leaf.shape.iter().map(|&d| d as npy_intp)); // each <= isize::MAX, above
             match packed[t] {
                 None => new_view(py, &dtypes[t], &mut dims, range, base).map(Some),
                 Some(bits) => new_unpacked(py, &dtypes[t], &mut dims, range, bits).map(Some),
@@ -333,16 +351,16 @@ impl FileHeader {
             .map(|(descr, &i)| {
                 let leaf = &self.leaves[i];
                 let bits = dtype::bits(&leaf.dtype).map_err(py_err)?;
-                let nbytes = dtype::storage_nbytes(&leaf.dtype, &leaf.shape).map_err(py_err)?;
-                let count = leaf
-                    .shape
-                    .iter()
-                    .try_fold(1u64, |acc, &d| acc.checked_mul(d));
                 let itemsize = descr.itemsize() as u64;
-                let fits = if bits < 8 {
-                    itemsize == 1
-                } else {
-                    count.and_then(|c| c.checked_mul(itemsize)) == Some(nbytes)
+                // A size that overflows belongs to abstract leaves only (validation refuses it
+                // for leaves with bytes), which get no array: only the kind of dtype matters.
+                let fits = match dtype::storage_nbytes(&leaf.dtype, &leaf.shape) {
+                    _ if bits < 8 => itemsize == 1,
+                    Ok(nbytes) => {
+                        element_count(&leaf.shape).and_then(|count| count.checked_mul(itemsize))
+                            == Some(nbytes)
+                    }
+                    Err(_) => itemsize == u64::from(bits / 8),
                 };
                 if descr.has_object() || !fits {
                     return Err(raise(
@@ -357,6 +375,15 @@ impl FileHeader {
             })
             .collect()
     }
+}
+
+/// The number of elements of `shape` (0 if any dimension is 0, however large the others are), or
+/// None if it overflows: the rule of `dtype::storage_nbytes`.
+fn element_count(shape: &[u64]) -> Option<u64> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
 /// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
@@ -448,13 +475,16 @@ fn new_unpacked<'py>(
     packed: &[u8],
     bits: u32,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // The caller checked that the dimensions multiply within isize (numpy's limit too).
     let count: usize = dims.iter().map(|&d| d as usize).product();
     // SAFETY: with null data numpy allocates the array's own memory (uninitialised, written below).
     let array = unsafe { new_array(py, descr, dims, std::ptr::null_mut())? };
     // SAFETY: the new array owns `count` contiguous bytes at its data pointer and nothing else
-    // references it yet; `unpack` writes every one of them before anyone reads them.
+    // references it yet. They are zeroed before a `&mut [u8]` is made over them (a slice of
+    // initialised bytes), then `unpack` writes every one of them.
     unsafe {
         let fields = _PyArray_GET_ITEM_DATA(array.as_ptr().cast::<PyArrayObject>());
+        std::ptr::write_bytes((*fields).data.cast::<u8>(), 0, count);
         let out = std::slice::from_raw_parts_mut((*fields).data.cast::<u8>(), count);
         subbyte::unpack(bits, packed, count, out).map_err(py_err)?;
         (*fields).flags &= !NPY_ARRAY_WRITEABLE;
@@ -471,22 +501,26 @@ fn aligned_copy<'py>(
     buf: PyReadonlyArray1<'_, u8>,
     alignment: usize,
 ) -> PyResult<(Bound<'py, PyArray1<u8>>, usize)> {
-    if !alignment.is_power_of_two() {
+    if !alignment.is_power_of_two() || alignment > eqx::MAX_ALIGNMENT as usize {
         return Err(raise(
             "LayoutError",
-            format!("alignment {alignment} is not a power of two"),
+            format!(
+                "alignment {alignment} is not a power of two up to {}",
+                eqx::MAX_ALIGNMENT
+            ),
         ));
     }
     let src = u8_slice(&buf, "the file buffer")?;
-    let total = src
-        .len()
-        .checked_add(alignment)
-        .ok_or_else(|| PyOverflowError::new_err("the buffer is too large to copy"))?;
+    // A live buffer's length fits in isize, and alignment is at most 1 MiB: no overflow in numpy.
+    let total = src.len() + alignment;
+    let mut dims = [total as npy_intp];
     // Allocated by numpy, not by Rust's allocator: a large copy must come from (and go back to)
     // the OS like any numpy array, not stay cached in mimalloc after the array is freed.
-    // SAFETY: the new array's `total` bytes are uninitialised; all of them are written below
-    // before the array is returned, and nothing else references it meanwhile.
-    let out = unsafe { PyArray1::<u8>::new(py, total, false) };
+    // SAFETY: null data: numpy allocates the array's own `total` bytes (a failure is an Err,
+    // MemoryError). They are uninitialised; all are written below before the array is returned,
+    // and nothing else references it meanwhile.
+    let out = unsafe { new_array(py, &numpy::dtype::<u8>(py), &mut dims, std::ptr::null_mut())? };
+    let out = out.cast_into::<PyArray1<u8>>()?;
     // SAFETY: `out` is a new C-contiguous array of `total` one-byte elements owned by us alone;
     // viewing its memory as MaybeUninit bytes makes no claim about its contents.
     let spare =
@@ -566,11 +600,13 @@ fn assemble_into<'py>(
             "the output buffer is read-only or already in use".into(),
         )
     })?;
-    let start = out.data() as usize;
+    // No leaf may overlap any of `out` (not only the file's part): `as_slice_mut` below makes a
+    // `&mut` over all of it while the leaf slices are alive.
+    let (start, end) = (out.data() as usize, out.data() as usize + out.len());
     for (i, s) in slices.iter().enumerate() {
         if let Some(s) = s.filter(|s| !s.is_empty()) {
             let leaf = s.as_ptr() as usize;
-            if leaf < start + len && start < leaf + s.len() {
+            if leaf < end && start < leaf + s.len() {
                 return Err(raise(
                     "LayoutError",
                     format!("leaf {i} lies inside the output buffer; dump it elsewhere"),
@@ -584,7 +620,7 @@ fn assemble_into<'py>(
             "the output buffer must be C-contiguous".into(),
         )
     })?;
-    // No leaf overlaps dst[..len] (checked above), so the shared and the mutable slices are disjoint.
+    // No leaf overlaps `dst` (checked above), so the shared and the mutable slices are disjoint.
     py.detach(|| frame.write_into(&slices, &mut dst[..len]))
         .map_err(py_err)?;
     drop(leaves);
