@@ -1,5 +1,6 @@
 """The registry: what a file may name, how users add to it, and what is never resolved."""
 
+import functools
 import subprocess
 import sys
 
@@ -178,3 +179,38 @@ print(checked, found)
     assert done.returncode == 0, done.stderr[-3000:]
     checked, found = map(int, done.stdout.split())
     assert checked > 10_000 and found > 500, (checked, found)
+
+
+def test_classes_that_compare_equal_keep_their_own_names():
+    """jnp.float32 == np.float32 (and hashes alike): names are found by identity."""
+    loaded = eqx_msg.loads(eqx_msg.dumps([np.float32, jnp.float32]))
+    assert loaded[0] is np.float32 and loaded[1] is jnp.float32
+    loaded = eqx_msg.loads(eqx_msg.dumps([np.int32, jnp.int32, jnp.int32, np.int32]))
+    assert [x is y for x, y in zip(loaded, (np.int32, jnp.int32, jnp.int32, np.int32))] == [
+        True
+    ] * 4
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["equinox.tree_serialise_leaves", "equinox._serialisation.tree_serialise_leaves",
+     "equinox.tree_deserialise_leaves", "numpy.fromregex", "numpy.seterrcall", "numpy.seterr",
+     "numpy.show_config", "jax.tree_util.register_pytree_node", "jax.tree_util.register_static",
+     "jax.clear_caches", "jax.config.update", "equinox.clear_caches",
+     "equinox.internal._onnx.to_onnx", "equinox.internal.while_loop", "jax.sharding.set_mesh"],
+)  # fmt: skip
+def test_functions_with_side_effects_do_not_resolve(name):
+    with pytest.raises(eqx_msg.UnknownTypeError, match="registry"):
+        eqx_msg.loads(_file_naming(name))
+
+
+def test_a_model_cannot_smuggle_a_file_writer_in(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important data")
+    evil = eqx.nn.MLP(
+        2, 2, 4, 1, key=jax.random.key(0),
+        activation=functools.partial(eqx.tree_serialise_leaves, str(victim)),
+    )  # fmt: skip
+    with pytest.raises(eqx_msg.UnknownTypeError, match="tree_serialise_leaves"):
+        eqx_msg.loads(eqx_msg.dumps(evil))
+    assert victim.read_text() == "important data"

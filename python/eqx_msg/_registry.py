@@ -34,11 +34,15 @@ _SEED_NAMESPACES = (
 # Packages whose already-imported modules are also walked, private ones included (optax states,
 # equinox's private helpers such as the MLP's default identity).
 _SEED_PACKAGES = ("equinox", "optax")
-# Names that touch files, processes or the interpreter are never seeded, so a file cannot place them in a
-# model's static fields (where `functools.partial` could aim them at a path).
+# Names that touch files, processes, the interpreter or global state (pytree registrations, JAX and
+# numpy configuration, caches, meshes) are never resolved, so a file cannot place them in a model's
+# static fields (where `functools.partial` could aim them at a path). Equinox's internal tools too.
 _DENIED = re.compile(
     r"load|save|file|txt|memmap|pickle|exec|eval|compile|import|open|system|callback|print|debug"
-    r"|spawn|popen|remove|unlink|write|dump|getattr|setattr|globals|locals|breakpoint|input|exit",
+    r"|spawn|popen|remove|unlink|write|dump|getattr|setattr|globals|locals|breakpoint|input|exit"
+    r"|seriali[sz]|regex|register|config|seterr|setbufsize|clear_cache|show_|hooks_dir"
+    r"|copy_to_host|onnx|str2jax|set_mesh|use_abstract_mesh|disable_jit|progress|tqdm"
+    r"|^equinox\.internal\.",
     re.IGNORECASE,
 )
 _BUILTINS = (
@@ -50,7 +54,7 @@ _PUBLIC_PACKAGES = frozenset(namespace.partition(".")[0] for namespace in _SEED_
 
 _by_name: dict[str, Any] = {}  # name -> object: what a file may name
 _user_names: dict[int, str] = {}  # id(object) -> name, for `register(..., name=)` and singletons
-_public_names: dict[Any, str | None] = {}  # object of a seeded package -> its public name, or None
+_public_names: dict[int, tuple[Any, str | None]] = {}  # id -> (object, its public name or None)
 _seeded = False
 
 
@@ -92,10 +96,14 @@ def _stored_name(obj: Any) -> str | None:
     return _user_names.get(id(obj)) or public_name(obj) or canonical_name(obj) or _lambda_name(obj)
 
 
+def _is_lambda(obj: Any) -> bool:
+    return getattr(obj, "__name__", None) == "<lambda>"
+
+
 def _lambda_name(obj: Any) -> str | None:
     """`module.attr` of a lambda that equinox or optax binds at module level (the MLP's `_identity`)."""
     module_name = getattr(obj, "__module__", None)
-    if getattr(obj, "__name__", None) != "<lambda>" or not isinstance(module_name, str):
+    if not _is_lambda(obj) or not isinstance(module_name, str):
         return None
     module = sys.modules.get(module_name)
     if module is None or module_name.partition(".")[0] not in _SEED_PACKAGES:
@@ -115,12 +123,9 @@ def public_name(obj: Any) -> str | None:
     module = getattr(obj, "__module__", None)
     if not isinstance(module, str) or module.partition(".")[0] not in _PUBLIC_PACKAGES:
         return None  # (a user's class: the common case, decided without a lookup)
-    try:
-        return _public_names[obj]
-    except KeyError:
-        pass
-    except TypeError:  # unhashable
-        return None
+    cached = _public_names.get(id(obj))
+    if cached is not None and cached[0] is obj:
+        return cached[1]
     short = getattr(obj, "__name__", None)
     found = None
     if isinstance(short, str):
@@ -128,7 +133,7 @@ def public_name(obj: Any) -> str | None:
             if _exported(namespace, short, may_import=False) is obj:
                 found = f"{namespace}.{short}"
                 break
-    _public_names[obj] = found
+    _public_names[id(obj)] = (obj, found)  # by identity: jnp.float32 == np.float32, hash alike
     return found
 
 
@@ -191,7 +196,8 @@ def _look_up(name: str) -> Any:
     if obj is _MISSING or not (isinstance(obj, type) or callable(obj)):
         return _MISSING
     if canonical_name(obj) == name:  # defined in that module
-        held = module_name.partition(".")[0] in _SEED_PACKAGES or public_name(obj) is not None
+        private_ok = module_name.partition(".")[0] in _SEED_PACKAGES and isinstance(obj, type)
+        held = private_ok or public_name(obj) is not None
     else:
         held = _lambda_name(obj) == name
     if not held:
@@ -240,10 +246,14 @@ def _add_module(module: Any, defined_here_only: bool) -> None:
             continue
         name = canonical_name(obj)
         defined_here = getattr(obj, "__module__", None) == module.__name__
-        if name is None and defined_here and getattr(obj, "__name__", None) == "<lambda>":
+        if name is None and defined_here and _is_lambda(obj):
             name = f"{module.__name__}.{attr}"  # e.g. the MLP's default `_identity = lambda x: x`
             _user_names.setdefault(id(obj), name)
-        if name is None or not _trusted(name) or (defined_here_only and not defined_here):
+        if name is None or not _trusted(name):
+            continue
+        # From a private module: its own classes and lambdas only (Modules, optax states, the MLP's
+        # `_identity`); its plain functions are reachable only through a public namespace.
+        if defined_here_only and not (defined_here and (isinstance(obj, type) or _is_lambda(obj))):
             continue
         _by_name.setdefault(name, obj)
 
