@@ -60,3 +60,53 @@ def test_like_keeps_python_value_leaves_from_the_file():
     data = eqx_msg.dumps({"lr": 0.5, "w": np.ones(2)})
     loaded = eqx_msg.loads(data, like={"lr": 0.1, "w": jax.ShapeDtypeStruct((2,), np.float64)})
     assert loaded["lr"] == 0.5
+
+
+class BlockV1(eqx.Module):
+    a: jax.Array
+    b: jax.Array
+
+
+class BlockReordered(eqx.Module):  # the same class after its fields were reordered
+    b: jax.Array
+    a: jax.Array
+
+
+class BlockShrunk(eqx.Module):  # ... after a field was removed
+    a: jax.Array
+
+
+class BlockGrown(eqx.Module):  # ... after a field was added
+    a: jax.Array
+    b: jax.Array
+    c: jax.Array
+
+
+NAME = f"{BlockV1.__module__}.{BlockV1.__qualname__}"
+
+
+@pytest.mark.parametrize("now", [BlockReordered, BlockShrunk, BlockGrown])
+def test_a_class_that_changed_since_saving_is_never_rebuilt_silently(now):
+    data = eqx_msg.dumps({"block": BlockV1(jnp.ones(3), jnp.zeros(2))})
+    with pytest.raises(eqx_msg.StructureMismatchError, match=r"\['block'\].*like=") as info:
+        eqx_msg.loads(data, allow={NAME: now})
+    assert "'.a', '.b'" in str(info.value)  # the file's fields are named
+
+
+def test_like_maps_a_reordered_class_by_key_path():
+    data = eqx_msg.dumps({"block": BlockV1(jnp.ones(3), jnp.zeros(2))})
+    loaded = eqx_msg.loads(data, like={"block": BlockReordered(jnp.zeros(2), jnp.ones(3))})
+    assert jnp.array_equal(loaded["block"].a, jnp.ones(3))
+    assert jnp.array_equal(loaded["block"].b, jnp.zeros(2))
+
+
+def test_namedtuple_fields_that_changed_are_refused():
+    import collections
+
+    Old = collections.namedtuple("Old", ["lr", "count"])
+    New = collections.namedtuple("New", ["count", "lr"])
+    eqx_msg.register(Old, name="tests.State")
+    data = eqx_msg.dumps({"state": Old(np.ones(1), np.zeros(1))})
+    with pytest.raises(eqx_msg.StructureMismatchError, match="'lr', 'count'"):
+        eqx_msg.loads(data, allow={"tests.State": New})
+    assert type(eqx_msg.loads(data)["state"]) is Old

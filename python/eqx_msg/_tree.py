@@ -14,13 +14,20 @@ import collections
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import numpy as np
 from jax._src.tree_util import default_registry
 
 from . import _core, _dtypes, _place, _registry, _static
-from ._errors import DTypeError, HeaderError, LimitError, UnserialisableError
+from ._errors import (
+    DTypeError,
+    HeaderError,
+    LimitError,
+    StructureMismatchError,
+    UnserialisableError,
+)
 
 _ArrayImpl = type(jax.numpy.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
@@ -88,6 +95,7 @@ class _Flattener:
             return {
                 "t": "namedtuple",
                 "cls": _registry.name_of(kind, path),
+                "keys": list(kind._fields),
                 "c": self.descend(path, ((v, f"{path}.{f}") for f, v in zip(kind._fields, obj))),
             }
         return self.custom(obj, path)
@@ -118,11 +126,15 @@ class _Flattener:
         if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
             return {"t": "value", "v": _static.encode(obj, path), "p": path}
         cls, aux = node_data
+        keys = [jtu.keystr(key) for key, _ in children]
         return {
             "t": "node",
             "cls": _registry.name_of(cls, path),
             "aux": _static.encode(aux, f"{path} (flatten data of {cls.__qualname__})"),
-            "c": self.descend(path, ((child, path + jtu.keystr(key)) for key, child in children)),
+            "keys": keys,
+            "c": self.descend(
+                path, ((child, path + key) for key, (_, child) in zip(keys, children))
+            ),
         }
 
     def leaf(self, obj: Any, path: str) -> int:
@@ -260,6 +272,7 @@ class _Builder:
                 cls = _registry.resolve(node["cls"], self.allow, where)
                 if not (isinstance(cls, type) and issubclass(cls, tuple)):
                     raise HeaderError(f"{where}: {node['cls']!r} is not a namedtuple class")
+                _check_keys(node, list(getattr(cls, "_fields", ())), where)
                 return cls(*self.children(node["c"], where))
         except (KeyError, TypeError, AttributeError) as err:
             raise HeaderError(f"{where or 'the root'}: malformed tree node: {err!r}") from None
@@ -280,11 +293,45 @@ class _Builder:
             treedef = jtu.PyTreeDef.from_node_data_and_children(
                 default_registry, (cls, aux), [_LEAF_TREEDEF] * len(children)
             )
-            return treedef.unflatten(children)
-        except (ValueError, TypeError) as err:
-            raise HeaderError(
-                f"{where or 'the root'}: cannot rebuild a {node['cls']} node: {err}"
+            obj = treedef.unflatten(children)
+        except Exception as err:  # whatever the class's own unflatten raises on data it never made
+            saved = node.get("keys")
+            raise StructureMismatchError(
+                f"{where or 'the root'}: cannot rebuild a {node['cls']} from the file's "
+                f"{len(children)} children{f' {saved}' if saved is not None else ''} and flatten "
+                f"data: {type(err).__name__}: {err}. {_CHANGED}"
             ) from None
+        if "keys" in node:
+            _check_keys(node, self.child_keys(cls, obj), where)
+        return obj
+
+    def child_keys(self, cls: type, obj: Any) -> list[str]:
+        """The key strings of `obj`'s children as JAX flattens it now (per class for a Module)."""
+        keys = _MODULE_KEYS.get(cls)
+        if keys is None:
+            flat = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)[0]
+            keys = [jtu.keystr(key) for key, _ in flat]
+            if issubclass(cls, eqx.Module):  # its fields are fixed when the class is made
+                _MODULE_KEYS[cls] = keys
+        return keys
+
+
+_MODULE_KEYS: dict[type, list[str]] = {}  # Module class -> its children's key strings
+
+_CHANGED = (
+    "The class has changed since the file was written; load with like=<an instance of the class "
+    "as it is now> to match leaves by key path instead."
+)
+
+
+def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
+    """Refuse a node whose saved child keys differ from what its class has now."""
+    saved = node.get("keys")
+    if saved is not None and saved != now:
+        raise StructureMismatchError(
+            f"{where or 'the root'}: the file's {node.get('cls')} has children {saved}, but the class "
+            f"now has {now}. {_CHANGED}"
+        )
 
 
 def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
