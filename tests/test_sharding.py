@@ -113,3 +113,28 @@ def test_sharded_save_streams_by_shard(tmp_path, monkeypatch):
     eqx_msg.save(path, {"w": array})
     assert seen == [(512, 16)] * 8
     assert jnp.array_equal(eqx_msg.load(path)["w"], array)
+
+
+def test_weak_type_survives_sharded_loading(tmp_path):
+    mesh = _mesh((4,), ("x",))
+    step = jax.device_put(jnp.asarray(2.0), NamedSharding(mesh, P()))
+    assert step.weak_type
+    path = tmp_path / "w.eqx"
+    eqx_msg.save(path, {"step": step})
+    for sharding in ("saved", NamedSharding(mesh, P()), lambda key, spec: NamedSharding(mesh, P())):
+        loaded = eqx_msg.load(path, sharding=sharding)["step"]
+        assert loaded.weak_type and float(loaded) == 2.0 and loaded.sharding.spec == P()
+    with eqx_msg.open(path) as reader:
+        assert reader.get("['step']", sharding="saved").weak_type
+
+
+def test_key_arrays_record_and_restore_their_sharding(tmp_path):
+    mesh = _mesh((4,), ("x",))
+    keys = jax.device_put(jax.random.split(jax.random.key(0), 8), NamedSharding(mesh, P("x")))
+    path = tmp_path / "k.eqx"
+    eqx_msg.save(path, {"keys": keys})
+    record = eqx_msg.header(str(path)).leaves[0].sharding
+    assert record is not None and record.spec == ["x"] and record.mesh_shape == [4]
+    loaded = eqx_msg.load(path, sharding="saved")["keys"]
+    assert loaded.sharding == keys.sharding
+    assert jnp.array_equal(jax.random.key_data(loaded), jax.random.key_data(keys))

@@ -181,7 +181,17 @@ def _abstract(shape: tuple[int, ...], dtype: str, weak_type: bool, impl: str | N
     # Cached: a ShapeDtypeStruct costs ~5 us to build, and many leaves share a shape. It is immutable.
     if impl is not None:
         key_dtype = _key_dtype(impl)
-        return jax.ShapeDtypeStruct(shape[: len(shape) - len(key_dtype._impl.key_shape)], key_dtype)
+        key_shape = tuple(key_dtype._impl.key_shape)
+        if (
+            dtype != "uint32"
+            or len(shape) < len(key_shape)
+            or shape[len(shape) - len(key_shape) :] != key_shape
+        ):
+            raise HeaderError(
+                f"a {impl} key leaf holds uint32 data of shape (..., {', '.join(map(str, key_shape))}), "
+                f"not {dtype} of shape {shape}"
+            )
+        return jax.ShapeDtypeStruct(shape[: len(shape) - len(key_shape)], key_dtype)
     return jax.ShapeDtypeStruct(shape, _dtypes.to_numpy(dtype), weak_type=weak_type)
 
 

@@ -47,7 +47,7 @@ def put(
     if shardings is not None:
         for i, sharding in enumerate(shardings):
             if sharding is not None:
-                out[i] = _from_callback(hosts[i], sharding)
+                out[i] = _from_callback(hosts[i], sharding, avals[i])
     large = [
         i
         for i, (host, abstract, placed) in enumerate(zip(hosts, avals, out))
@@ -94,8 +94,15 @@ def aval(shape: tuple[int, ...], dtype: np.dtype, weak_type: bool) -> Any:
     return _jax_core.ShapedArray(shape, dtype, weak_type=weak_type)
 
 
-def _from_callback(host: np.ndarray, sharding: Sharding) -> jax.Array:
+def _from_callback(host: np.ndarray, sharding: Sharding, abstract: Any) -> jax.Array:
     """Build a sharded array; each device reads only its own slice of the host array (the map)."""
+    if abstract.weak_type and _batched_device_put is not None:
+        # make_array_from_callback drops weak_type; this is what it does, with our aval.
+        indices = sharding.addressable_devices_indices_map(host.shape)
+        devices = list(indices)
+        return _batched_device_put(
+            abstract, sharding, [host[indices[d]] for d in devices], devices, True
+        )
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 

@@ -174,21 +174,22 @@ def leaf_record(obj: Any, path: str) -> dict[str, Any]:
     # A plain dtype first: issubdtype costs ~1 us a leaf, and only key arrays have key dtypes.
     if not isinstance(dtype, np.dtype) and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         impl = dtype._impl
-        return {
+        record = {
             "path": path,
             "kind": "key",
             "dtype": "uint32",
             "shape": [*obj.shape, *impl.key_shape],
             "key_impl": impl.name,
         }
-    record = {
-        "path": path,
-        "kind": "jax",
-        "dtype": _dtype(dtype, path),
-        "shape": list(obj.shape),
-    }
-    if obj.weak_type:
-        record["weak_type"] = True
+    else:
+        record = {
+            "path": path,
+            "kind": "jax",
+            "dtype": _dtype(dtype, path),
+            "shape": list(obj.shape),
+        }
+        if obj.weak_type:
+            record["weak_type"] = True
     sharding = _place.sharding_record(obj)
     if sharding is not None:
         record["sharding"] = sharding
