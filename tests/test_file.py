@@ -321,3 +321,17 @@ def test_reader_fetches_one_leaf_without_decoding_the_header(tmp_path):
         assert reader.abstract()["a"].shape == (2, 3)
         assert reader._file._raw is None  # nothing above needed the Python-side header
         assert reader.metadata is None and reader._file._raw is not None
+
+
+def test_the_header_stays_readable_after_close_even_if_never_read_before(tmp_path):
+    path = tmp_path / "h.eqx"
+    eqx_msg.save(path, {"w": np.ones(3), "k": jax.random.key(1)}, metadata={"step": 7})
+    reader = eqx_msg.open(path)
+    reader.close()
+    reader.close()  # twice is fine
+    assert reader.metadata == {"step": 7} and reader.header.keys() == reader.keys()
+    assert set(reader.specs()) == {"['w']", "['k']"}
+    with pytest.raises(eqx_msg.ClosedError):
+        reader.get("['k']", sharding="saved")
+    with pytest.raises(eqx_msg.ClosedError):
+        reader["['w']"]

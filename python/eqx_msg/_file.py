@@ -254,6 +254,7 @@ class Reader:
         with _codec.gc_paused():
             self._file = _codec.File(_codec.as_bytes_array(self._map))
         self._header: Header | None = None
+        self._closed = False
 
     @property
     def header(self) -> Header:
@@ -340,8 +341,15 @@ class Reader:
         )
 
     def close(self) -> None:
-        """Drop the reader's references to the map; arrays still using it keep it alive."""
-        self._file.buf = None  # type: ignore[assignment]
+        """Drop the reader's references to the map; arrays still using it keep it alive.
+
+        The header (`.header`, `.metadata`, `.keys()`, `.abstract()`) stays readable; data does not.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        # Keep a copy of the prefix and header (not the data): the header stays readable.
+        self._file.buf = np.array(self._file.buf[: self._file.data_start])
         with contextlib.suppress(BufferError):  # arrays still view the map: unmapped with the last
             self._map.close()
 
@@ -352,7 +360,7 @@ class Reader:
         self.close()
 
     def _check_open(self) -> None:
-        if self._file.buf is None:
+        if self._closed:
             raise ClosedError(f"{self.path}: the reader is closed; reopen it with eqx_msg.open")
 
     def _arrays(self, indices: list[int]) -> list[np.ndarray | None]:
