@@ -335,3 +335,45 @@ def test_the_header_stays_readable_after_close_even_if_never_read_before(tmp_pat
         reader.get("['k']", sharding="saved")
     with pytest.raises(eqx_msg.ClosedError):
         reader["['w']"]
+
+
+def test_filter_must_be_bools_at_key_paths_of_the_file(tmp_path):
+    path = tmp_path / "f.eqx"
+    eqx_msg.save(path, {"enc": {"w": np.ones(2)}, "dec": {"w": np.zeros(2)}})
+    for bad, match in [("a", "pytree of bools"), ({"enc": 1}, "pytree of bools"),
+                       ({"zz": True}, r"not in the file: \[\"\['zz'\]\"\]")]:  # fmt: skip
+        with pytest.raises(eqx_msg.KeyPathError, match=match):
+            eqx_msg.load(path, filter=bad)
+    part = eqx_msg.load(path, filter={"enc": np.True_})
+    assert isinstance(part["dec"]["w"], jax.ShapeDtypeStruct)
+    np.testing.assert_array_equal(part["enc"]["w"], np.ones(2))
+
+
+def test_save_takes_bytes_paths_and_keeps_a_symlink(tmp_path):
+    real = tmp_path / "real.eqx"
+    link = tmp_path / "link.eqx"
+    eqx_msg.save(os.fsencode(real), {"w": np.ones(2)})
+    link.symlink_to(real)
+    eqx_msg.save(link, {"w": np.zeros(3)})
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    np.testing.assert_array_equal(eqx_msg.load(real)["w"], np.zeros(3))
+
+
+@pytest.mark.parametrize("alignment", [-64, 0, 32, 96, 1 << 21, "64", None, 64.0])
+def test_a_bad_alignment_is_a_layout_error(alignment, tmp_path):
+    for write in (eqx_msg.dumps, lambda t, **kw: eqx_msg.save(tmp_path / "a.eqx", t, **kw)):
+        with pytest.raises(eqx_msg.LayoutError, match="power of two"):
+            write({"w": np.ones(2)}, alignment=alignment)
+    assert not list(tmp_path.iterdir())
+
+
+def test_masked_arrays_are_refused_rather_than_losing_the_mask():
+    with pytest.raises(eqx_msg.UnserialisableError, match="mask"):
+        eqx_msg.dumps({"m": np.ma.masked_array([1.0, 2.0], mask=[False, True])})
+
+
+def test_reader_keys_must_be_strings(tmp_path):
+    path = tmp_path / "r.eqx"
+    eqx_msg.save(path, [np.ones(2)])
+    with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.KeyPathError, match="key path"):
+        reader[0]

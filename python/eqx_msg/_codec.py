@@ -16,7 +16,7 @@ import numpy as np
 import pydantic
 
 from . import _core, _leaves, _place, _registry, _static, _tree
-from ._errors import HeaderError, StructureMismatchError, UnserialisableError
+from ._errors import HeaderError, LayoutError, StructureMismatchError, UnserialisableError
 from ._header import FORMAT_NAME, Header, without_nil_optionals
 
 WRITER = {
@@ -42,6 +42,15 @@ class Plan(NamedTuple):
 
 def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
     """Flatten `tree`, lay its leaves out at `alignment` and encode the header."""
+    if (
+        type(alignment) is not int
+        or not _core.MIN_ALIGNMENT <= alignment <= _core.MAX_ALIGNMENT
+        or alignment & (alignment - 1)
+    ):
+        raise LayoutError(
+            f"alignment={alignment!r}: a power of two from {_core.MIN_ALIGNMENT} to "
+            f"{_core.MAX_ALIGNMENT} is needed"
+        )
     with gc_paused():
         flat = _tree.flatten(tree)
     stored = [r for r in flat.records if r["kind"] != "abstract"]

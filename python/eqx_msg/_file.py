@@ -40,10 +40,11 @@ def save(
     leaf (device arrays come to the host one at a time; row-sharded arrays one shard at a time).
     """
     planned = _codec.plan(tree, metadata, alignment)
-    if not isinstance(target, str | os.PathLike):
+    if not isinstance(target, str | bytes | os.PathLike):
         _write(target, planned)
         return
-    path = os.path.abspath(os.fspath(target))
+    # A symlink stays a symlink: its target is the file replaced.
+    path = os.path.realpath(os.fsdecode(target))
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".eqx-msg-tmp", dir=directory)
     try:
@@ -288,6 +289,8 @@ class Reader:
 
     def __getitem__(self, key: str) -> np.ndarray:
         """A leaf's data as a read-only numpy view into the map (key data for PRNG keys)."""
+        if not isinstance(key, str):
+            raise KeyPathError(f"{key!r}: leaves are looked up by key path strings such as '.w'")
         record = self._record(key)
         if record["kind"] == "abstract":
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
@@ -337,7 +340,7 @@ class Reader:
             allow=allow,
             device=device,
             sharding=sharding,
-            select=_selector(filter),
+            select=_selector(filter, self._leaf_paths),
         )
 
     def close(self) -> None:
@@ -367,6 +370,11 @@ class Reader:
         self._check_open()
         return self._file.arrays(indices)
 
+    def _leaf_paths(self) -> list[str]:
+        """Key paths of every leaf: the arrays, and the values (Python scalars, functions, ...)."""
+        tree = _codec.decode_tree(self._file.header.tree())
+        return self.keys() + [path for path, _ in _tree.value_paths(tree)]
+
     def _find(self, key: str) -> dict[str, Any] | None:
         """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
         return self._file.header.find(key)
@@ -394,11 +402,31 @@ class _Slice:
         return np.array(self._view[index])
 
 
-def _selector(filter: Any) -> Callable[[str], bool] | None:
-    """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools."""
+def _selector(filter: Any, keys: Callable[[], list[str]]) -> Callable[[str], bool] | None:
+    """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools.
+
+    A pytree must hold bools only, at key paths that are (prefixes of) `keys()`: `KeyPathError`.
+    """
     if filter is None or callable(filter):
         return filter
-    prefixes = [(jtu.keystr(p), bool(v)) for p, v in jtu.tree_flatten_with_path(filter)[0]]
+    prefixes = [(jtu.keystr(p), v) for p, v in jtu.tree_flatten_with_path(filter)[0]]
+    wrong = [
+        f"{prefix or 'the root'}: {value!r}"
+        for prefix, value in prefixes
+        if not isinstance(value, bool | np.bool_)
+    ]
+    if wrong:
+        raise KeyPathError(
+            f"filter= takes a callable on key paths or a pytree of bools; it holds {wrong[:3]}"
+        )
+    names = keys()
+    unknown = [
+        prefix
+        for prefix, _ in prefixes
+        if not any(n == prefix or n.startswith(prefix) and n[len(prefix)] in "[." for n in names)
+    ]
+    if unknown:
+        raise KeyPathError(f"filter= names key paths that are not in the file: {unknown[:5]}")
 
     def select(path: str) -> bool:
         chosen = False

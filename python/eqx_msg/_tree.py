@@ -147,6 +147,11 @@ class _Flattener:
 def leaf_record(obj: Any, path: str) -> dict[str, Any]:
     """The header record of an array leaf, without `offset`/`nbytes` (the writer adds them)."""
     if isinstance(obj, np.ndarray):
+        if isinstance(obj, np.ma.MaskedArray):
+            raise UnserialisableError(
+                f"{path or 'the root'}: a numpy masked array would lose its mask; "
+                "store .data and .mask (numpy.ma.getmaskarray) as two leaves"
+            )
         return {
             "path": path,
             "kind": "numpy",
