@@ -1,6 +1,7 @@
 """Builtin containers and Python values round-trip with the same structure and leaf kinds."""
 
 import collections
+import functools
 import re
 
 import jax
@@ -142,3 +143,11 @@ def test_nesting_up_to_the_format_limit_round_trips_and_deeper_is_refused_by_key
     for depth in (MAX_NESTING + 1, 5000):  # 5000: far past Python's recursion limit
         with pytest.raises(eqx_msg.LimitError, match=rf"^{where}: .* at most {MAX_NESTING} levels"):
             eqx_msg.dumps(_nested(depth))
+
+
+def test_a_static_value_nested_past_the_header_limit_is_a_limit_error():
+    deep: object = 1
+    for _ in range(5000):
+        deep = (deep,)
+    with pytest.raises(eqx_msg.LimitError, match="static value nests"):
+        eqx_msg.dumps({"f": functools.partial(np.add, deep)})  # a leaf: one static value

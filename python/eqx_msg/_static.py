@@ -14,34 +14,42 @@ from typing import Any
 
 import numpy as np
 
-from . import _dtypes, _registry
-from ._errors import HeaderError, UnknownTypeError, UnserialisableError
+from . import _core, _dtypes, _registry
+from ._errors import HeaderError, LimitError, UnknownTypeError, UnserialisableError
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
 
-def encode(value: Any, where: str) -> Any:
-    """Encode a static value as plain msgpack data; `where` names its place for error messages."""
+def encode(value: Any, where: str, depth: int = 0) -> Any:
+    """Encode a static value as plain msgpack data; `where` names its place for error messages.
+
+    `depth` counts the containers around `value`: past the header's nesting limit, `LimitError`.
+    """
+    if depth > _core.MAX_DEPTH:
+        raise LimitError(
+            f"{where or 'the root'}: a static value nests containers more than {_core.MAX_DEPTH} "
+            "deep; a header cannot hold it"
+        )
     kind = type(value)
     if value is None or kind is bool or kind is str or kind is float or kind is bytes:
         return value
     if kind is int:
         return value if _I64_MIN <= value <= _U64_MAX else {"$": "int", "v": str(value)}
     if kind is tuple:
-        return [encode(v, where) for v in value]
+        return [encode(v, where, depth + 1) for v in value]
     named = _registry.singleton_name(value)
     if named is not None:
         return {"$": "ref", "v": named}
     if kind is list:
-        return {"$": "list", "v": [encode(v, where) for v in value]}
+        return {"$": "list", "v": [encode(v, where, depth + 1) for v in value]}
     if kind is dict:
         return {
             "$": "dict",
-            "k": [encode(k, where) for k in value],
-            "v": [encode(v, where) for v in value.values()],
+            "k": [encode(k, where, depth + 1) for k in value],
+            "v": [encode(v, where, depth + 1) for v in value.values()],
         }
     if kind is set or kind is frozenset:
-        return {"$": kind.__name__, "v": [encode(v, where) for v in value]}
+        return {"$": kind.__name__, "v": [encode(v, where, depth + 1) for v in value]}
     if kind is complex:
         return {"$": "complex", "v": [value.real, value.imag]}
     if isinstance(value, np.dtype):
@@ -49,9 +57,9 @@ def encode(value: Any, where: str) -> Any:
     if kind is functools.partial:
         return {
             "$": "partial",
-            "f": encode(value.func, where),
-            "args": [encode(a, where) for a in value.args],
-            "kw": encode(dict(value.keywords), where),
+            "f": encode(value.func, where, depth + 1),
+            "args": [encode(a, where, depth + 1) for a in value.args],
+            "kw": encode(dict(value.keywords), where, depth + 1),
         }
     if kind is np.ndarray:
         return _encode_small_array(value, where)
