@@ -104,6 +104,7 @@ class NamedTupleNode(_Model):
 
     t: Literal["namedtuple"]
     cls: str
+    keys: list[str] | None = Field(None, description="the field names, when written (FORMAT.md 4)")
     c: list[Node]
 
 
@@ -113,6 +114,9 @@ class CustomNode(_Model):
     t: Literal["node"]
     cls: str
     aux: Any
+    keys: list[str] | None = Field(
+        None, description="each child's key as jax.tree_util.keystr writes it, when written"
+    )
     c: list[Node]
 
 
