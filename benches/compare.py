@@ -623,8 +623,9 @@ NOTES = [
     "on a virtual disk (here ext4 mounted with `discard`) still vary 2x or more from run to run, so "
     "save rows within ~1.5x of each other are a tie; they get at least "
     f"{SAVE_RUNS} timed runs unless the first took over {SLOW:.0f} s.",
-    "- `load -> numpy` of jax-leaf trees: eqx_msg, pickle and orbax give their saved kind and convert "
-    "leaves with `np.asarray` (zero-copy on the CPU). `load -> jax`: formats that give numpy put the "
+    "- `load -> numpy` of jax-leaf trees: eqx_msg loads with `as_numpy=True` (views into the map; "
+    "typed PRNG keys stay keys); pickle and orbax give their saved kind and convert leaves with "
+    "`np.asarray` (zero-copy on the CPU). `load -> jax`: formats that give numpy put the "
     "leaves on the device with one `jax.device_put` of the tree, inside the timing.",
     "- eqx_msg's load and one-leaf fetch return zero-copy views of a memory map: their pages are read "
     "when first touched, so the time is the cost of having the arrays, not of reading every byte.",

@@ -377,3 +377,27 @@ def test_reader_keys_must_be_strings(tmp_path):
     eqx_msg.save(path, [np.ones(2)])
     with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.KeyPathError, match="key path"):
         reader[0]
+
+
+def test_as_numpy_gives_views_of_every_array_leaf_and_keeps_keys(tmp_path):
+    path = tmp_path / "n.eqx"
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.bfloat16(1.5) * jnp.ones(4, jnp.bfloat16),
+            "key": jax.random.key(3), "n": np.arange(3), "step": jnp.asarray(7)}  # fmt: skip
+    eqx_msg.save(path, tree)
+    for loaded in (
+        eqx_msg.load(path, as_numpy=True),
+        eqx_msg.loads(path.read_bytes(), as_numpy=True),
+    ):
+        for name in ("w", "b", "n", "step"):
+            leaf = loaded[name]
+            assert type(leaf) is np.ndarray and not leaf.flags.writeable, name
+            assert (
+                leaf.dtype == tree[name].dtype
+                and leaf.tobytes() == np.asarray(tree[name]).tobytes()
+            )
+        assert jax.dtypes.issubdtype(loaded["key"].dtype, jax.dtypes.prng_key)  # numpy has no keys
+    with eqx_msg.open(path) as reader:
+        part = reader.load(as_numpy=True, filter={"w": True})
+        assert type(part["w"]) is np.ndarray and isinstance(part["b"], jax.ShapeDtypeStruct)
+        with pytest.raises(eqx_msg.ShardingError, match="as_numpy"):
+            reader.load(as_numpy=True, device=jax.devices()[0])

@@ -16,7 +16,13 @@ import numpy as np
 import pydantic
 
 from . import _core, _leaves, _place, _registry, _static, _tree
-from ._errors import HeaderError, LayoutError, StructureMismatchError, UnserialisableError
+from ._errors import (
+    HeaderError,
+    LayoutError,
+    ShardingError,
+    StructureMismatchError,
+    UnserialisableError,
+)
 from ._header import FORMAT_NAME, Header, without_nil_optionals
 
 WRITER = {
@@ -202,8 +208,13 @@ def rebuild(
     device: Any = None,
     sharding: Any = None,
     select: Callable[[str], bool] | None = None,
+    as_numpy: bool = False,
 ) -> Any:
     """Rebuild the pytree of a validated file; arguments as for `load`."""
+    if as_numpy and (device is not None or sharding is not None):
+        raise ShardingError(
+            "as_numpy=True keeps arrays on the host: device= and sharding= do not apply"
+        )
     allowed = _registry.allow_map(allow)
     paths = file.header.paths
     if select is None:
@@ -222,7 +233,7 @@ def rebuild(
         )
     tree = decode_tree(file.header.tree())
     with gc_paused():
-        leaves = _leaves.build_leaves(file.table, hosts, device, shardings, paths)
+        leaves = _leaves.build_leaves(file.table, hosts, device, shardings, paths, as_numpy)
         if like is None:
             return _tree.unflatten(tree, leaves, allowed)
         return match_like(like, tree, paths(), leaves, allowed)
@@ -334,7 +345,7 @@ def _host_arrays(planned: Plan) -> list[np.ndarray | None]:
     ]
 
 
-def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:
+def loads(data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = False) -> Any:
     """Rebuild a pytree from eqx_msg bytes (bytes, bytearray, memoryview or mmap).
 
     **Arguments:**
@@ -343,12 +354,16 @@ def loads(data: Any, *, like: Any = None, allow: Any = ()) -> Any:
       missing or extra key path and every shape or dtype mismatch is reported in one
       `StructureMismatchError`.
     - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
+    - `as_numpy`: every array leaf as a read-only numpy view, jax leaves included (typed PRNG keys
+      stay jax key arrays: numpy has none); nothing goes to a device.
 
     **Returns:** the pytree. numpy leaves are read-only views into `data` (no copy); jax leaves are
     placed on the default device (on the CPU they alias `data` when it is 64-byte aligned, e.g. an
     mmap). Leave a writable `data` unchanged while the tree is in use.
     """
     file = File(as_bytes_array(data))
+    if as_numpy:
+        return rebuild(file, like=like, allow=allow, as_numpy=True)
     if _worth_aligning(file):
         copy, offset = _core.aligned_copy(file.buf, _core.MIN_ALIGNMENT)
         file.buf = copy[offset : offset + len(file.buf)]

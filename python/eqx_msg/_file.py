@@ -211,6 +211,7 @@ def load(
     device: Any = None,
     sharding: Any = None,
     filter: Any = None,
+    as_numpy: bool = False,
 ) -> Any:
     """Load a pytree from a file by memory-mapping it: nothing is read until it is used.
 
@@ -224,12 +225,21 @@ def load(
     - `filter`: a predicate on key path strings, or a pytree prefix of bools (e.g.
       `{"encoder": True, "decoder": False}`); leaves not selected are not read and come back as
       `jax.ShapeDtypeStruct`.
+    - `as_numpy`: every array leaf as a read-only numpy view into the map, jax leaves included
+      (typed PRNG keys stay jax key arrays: numpy has none); nothing goes to a device.
 
     **Returns:** the pytree. numpy leaves are read-only views into the map, which stays open while any
     array uses it.
     """
     with open(path) as reader:
-        return reader.load(like=like, allow=allow, device=device, sharding=sharding, filter=filter)
+        return reader.load(
+            like=like,
+            allow=allow,
+            device=device,
+            sharding=sharding,
+            filter=filter,
+            as_numpy=as_numpy,
+        )
 
 
 def open(path: PathLike) -> Reader:  # noqa: A001 - mirrors builtins.open on purpose
@@ -331,6 +341,7 @@ class Reader:
         device: Any = None,
         sharding: Any = None,
         filter: Any = None,
+        as_numpy: bool = False,
     ) -> Any:
         """The whole pytree, or the part `filter` selects; arguments as for `eqx_msg.load`."""
         self._check_open()
@@ -341,6 +352,7 @@ class Reader:
             device=device,
             sharding=sharding,
             select=_selector(filter, self._leaf_paths),
+            as_numpy=as_numpy,
         )
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from ._errors import HeaderError, LayoutError
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
 _KINDS = frozenset({"numpy", "numpy_scalar", "jax", "key", "abstract"})
 _PLACED = frozenset({"jax", "key"})  # kinds that go to a device
+_KEYS_ONLY = frozenset({"key"})  # with as_numpy: numpy has no typed PRNG keys
 
 
 def host_array(record: dict[str, Any], source: Any) -> np.ndarray:
@@ -106,15 +107,18 @@ def build_leaves(
     device: Any = None,
     shardings: Sequence[Any] | None = None,
     paths: Callable[[], Sequence[str]] | None = None,
+    as_numpy: bool = False,
 ) -> list[Any]:
     """Rebuild the leaf objects of a header's `table` from each leaf's data in `hosts`.
 
     `hosts[i]` is leaf `i`'s data as `_core.FileHeader.arrays` gives it (a view into the file), or
     None for leaves that become `jax.ShapeDtypeStruct` (abstract, or not selected). numpy leaves are
     those views; jax and key leaves are placed on devices in one batch (`device` / `shardings`: see
-    `_place.put`). `paths()` names leaves in warnings.
+    `_place.put`), except that with `as_numpy` jax leaves stay views too. `paths()` names leaves in
+    warnings.
     """
     # Column-wise, in comprehensions: at 10k leaves a per-leaf Python loop costs as much as JAX.
+    placed_kinds = _KEYS_ONLY if as_numpy else _PLACED
     types = _types(table)
     kinds, which = table.kinds, table.which
     leaves: list[Any] = list(hosts)
@@ -130,7 +134,7 @@ def build_leaves(
     to_place = [
         i
         for i, (kind, host) in enumerate(zip(kinds, hosts))
-        if kind in _PLACED and host is not None
+        if kind in placed_kinds and host is not None
     ]
     if not jax.config.read("jax_enable_x64") and any(t.x64_only for t in types):
         # 64-bit data stays exact: numpy, never a silently narrowed jax array.
