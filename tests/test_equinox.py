@@ -285,21 +285,32 @@ def test_shared_weights_round_trip():
     assert linear.weight is embedding.weight  # tied again after loading
 
 
-class _Marker:
-    """A user placeholder class with state: not a state-free instance."""
-
-    def __init__(self):
-        self.count = 3
+class _Unset:
+    """A user sentinel: compared by identity, so it must come back as the same object."""
 
 
-def test_instances_with_state_are_refused():
-    with pytest.raises(eqx_msg.UnserialisableError, match="state-free instances"):
-        eqx_msg.dumps({"m": _Marker()})
+UNSET = _Unset()
 
 
-@pytest.mark.parametrize("name", ["equinox.nn.Linear", "builtins.int", "collections.OrderedDict"])
+class WithSentinel(eqx.Module):
+    w: jax.Array
+    scale: object = eqx.field(static=True, default=UNSET)
+
+
+def test_a_sentinel_is_refused_unless_registered_by_name_then_comes_back_itself():
+    model = WithSentinel(jnp.ones(2))
+    with pytest.raises(eqx_msg.UnserialisableError, match="register"):
+        eqx_msg.dumps(model)
+    eqx_msg.register(UNSET, name="tests.UNSET")
+    loaded = eqx_msg.loads(eqx_msg.dumps(model), allow=[WithSentinel])
+    assert loaded.scale is UNSET
+
+
+@pytest.mark.parametrize(
+    "name", ["equinox.nn.Linear", "builtins.int", "collections.OrderedDict", "builtins.object"]
+)
 def test_a_file_cannot_make_an_instance_of_a_class_with_state(name):
     header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 0, "leaves": [],
               "tree": {"t": "value", "v": {"$": "new", "cls": name}, "p": ""}}  # fmt: skip
-    with pytest.raises(eqx_msg.HeaderError, match="not a class of stateless instances"):
+    with pytest.raises(eqx_msg.HeaderError, match="not a placeholder class"):
         eqx_msg.loads(frame(header, b""))

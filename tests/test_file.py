@@ -401,3 +401,30 @@ def test_as_numpy_gives_views_of_every_array_leaf_and_keeps_keys(tmp_path):
         assert type(part["w"]) is np.ndarray and isinstance(part["b"], jax.ShapeDtypeStruct)
         with pytest.raises(eqx_msg.ShardingError, match="as_numpy"):
             reader.load(as_numpy=True, device=jax.devices()[0])
+
+
+def test_save_does_not_follow_a_symlink_someone_else_owns(tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    link = tmp_path / "ckpt.eqx"
+    link.symlink_to(victim)
+    real_getuid = os.getuid
+    monkeypatch.setattr(os, "getuid", lambda: real_getuid() + 4242)  # the link is now "theirs"
+    eqx_msg.save(link, {"w": np.ones(2)})
+    assert victim.read_text() == "keep me"
+    assert not link.is_symlink() and eqx_msg.load(link)["w"].shape == (2,)
+
+
+def test_filter_prefixes_may_name_subtrees_without_leaves_and_may_be_modules(tmp_path):
+    path = tmp_path / "m.eqx"
+    linear = eqx.nn.Linear(2, 3, key=KEY)
+    eqx_msg.save(path, {"backbone": linear, "head": eqx.nn.Identity(), "none": None, "empty": {}})
+    part = eqx_msg.load(path, filter={"backbone": True, "head": False, "none": False})
+    assert isinstance(part["backbone"].weight, jax.Array)
+    # Equinox's own filter-spec idiom: a Module of bools (Modules are callable, yet a pytree here).
+    spec = eqx.tree_at(lambda m: m.bias, jax.tree.map(lambda _: True, linear), False)
+    part = eqx_msg.load(path, filter={"backbone": spec, "head": False})
+    assert isinstance(part["backbone"].weight, jax.Array)
+    assert isinstance(part["backbone"].bias, jax.ShapeDtypeStruct)
+    with pytest.raises(eqx_msg.KeyPathError, match=r"\['backbone'\]\['bais'\]"):
+        eqx_msg.load(path, filter={"backbone": {"bais": True}})

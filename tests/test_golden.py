@@ -62,3 +62,12 @@ def test_todays_writer_makes_the_newest_golden_file():
         )
     assert fresh_header == saved_header
     assert fresh[2] == saved[2]  # the data section, byte for byte
+
+
+def test_filter_on_a_file_whose_nodes_do_not_name_their_children():
+    old = FIXTURES / "v1_public_names.eqx"  # written before nodes had `keys`
+    part = eqx_msg.load(old, filter={"model": True, "numpy": False})
+    assert isinstance(part["model"].linear.weight, jax.Array)
+    assert isinstance(part["numpy"]["int8"], jax.ShapeDtypeStruct)
+    with pytest.raises(eqx_msg.KeyPathError, match="modl"):
+        eqx_msg.load(old, filter={"modl": True})

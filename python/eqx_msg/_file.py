@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import mmap
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -36,15 +37,16 @@ def save(
 
     A path is written to a temporary file in the same directory, fsynced and renamed over the target,
     then the directory is fsynced: a crash never leaves a half-written file at `target`, and on any
-    error the previous file is untouched and nothing is left behind. Peak extra memory is about one
-    leaf (device arrays come to the host one at a time; row-sharded arrays one shard at a time).
+    error the previous file is untouched and nothing is left behind. A symlink of yours stays a
+    symlink (its target is replaced); one owned by another user is not followed. Peak extra memory
+    is about one leaf (device arrays come to the host one at a time; row-sharded arrays one shard at
+    a time).
     """
     planned = _codec.plan(tree, metadata, alignment)
     if not isinstance(target, str | bytes | os.PathLike):
         _write(target, planned)
         return
-    # A symlink stays a symlink: its target is the file replaced.
-    path = os.path.realpath(os.fsdecode(target))
+    path = _own_target(os.path.abspath(os.fsdecode(target)))
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".eqx-msg-tmp", dir=directory)
     try:
@@ -183,6 +185,21 @@ def _pad(f: BinaryIO, count: int) -> None:
         step = min(count, len(_ZEROS))
         _write_all(f, _ZEROS[:step])
         count -= step
+
+
+def _own_target(path: str) -> str:
+    """The file `save` replaces: a symlink's target when the link is ours, else the path itself.
+
+    A link someone else planted (say in a shared /tmp) is not followed, as the kernel's
+    protected_symlinks would refuse for open(): the link itself is replaced, or the rename fails.
+    """
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(link.st_mode) and link.st_uid == os.getuid():
+        return os.path.realpath(path)
+    return path
 
 
 def _mode_for(path: str) -> int:
@@ -351,7 +368,7 @@ class Reader:
             allow=allow,
             device=device,
             sharding=sharding,
-            select=_selector(filter, self._leaf_paths),
+            select=_selector(filter, self._subtree_paths),
             as_numpy=as_numpy,
         )
 
@@ -382,10 +399,9 @@ class Reader:
         self._check_open()
         return self._file.arrays(indices)
 
-    def _leaf_paths(self) -> list[str]:
-        """Key paths of every leaf: the arrays, and the values (Python scalars, functions, ...)."""
-        tree = _codec.decode_tree(self._file.header.tree())
-        return self.keys() + [path for path, _ in _tree.value_paths(tree)]
+    def _subtree_paths(self) -> tuple[set[str], list[str]]:
+        """Key paths of every node of the tree, and those of nodes whose children are not named."""
+        return _tree.subtree_paths(_codec.decode_tree(self._file.header.tree()))
 
     def _find(self, key: str) -> dict[str, Any] | None:
         """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
@@ -414,12 +430,16 @@ class _Slice:
         return np.array(self._view[index])
 
 
-def _selector(filter: Any, keys: Callable[[], list[str]]) -> Callable[[str], bool] | None:
+def _selector(
+    filter: Any, subtrees: Callable[[], tuple[set[str], list[str]]]
+) -> Callable[[str], bool] | None:
     """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools.
 
-    A pytree must hold bools only, at key paths that are (prefixes of) `keys()`: `KeyPathError`.
+    A pytree (an Equinox filter spec too, though a Module may be callable) must hold bools only, at
+    key paths of the file's tree (`subtrees()`: every node's path, and those of nodes whose children
+    are not named): else `KeyPathError`.
     """
-    if filter is None or callable(filter):
+    if filter is None or callable(filter) and jtu.treedef_is_leaf(jtu.tree_structure(filter)):
         return filter
     prefixes = [(jtu.keystr(p), v) for p, v in jtu.tree_flatten_with_path(filter)[0]]
     wrong = [
@@ -431,11 +451,11 @@ def _selector(filter: Any, keys: Callable[[], list[str]]) -> Callable[[str], boo
         raise KeyPathError(
             f"filter= takes a callable on key paths or a pytree of bools; it holds {wrong[:3]}"
         )
-    names = keys()
+    known, opaque = subtrees()
     unknown = [
         prefix
         for prefix, _ in prefixes
-        if not any(n == prefix or n.startswith(prefix) and n[len(prefix)] in "[." for n in names)
+        if prefix not in known and not any(prefix.startswith(o) for o in opaque)
     ]
     if unknown:
         raise KeyPathError(f"filter= names key paths that are not in the file: {unknown[:5]}")

@@ -42,7 +42,7 @@ _DENIED = re.compile(
     r"|spawn|popen|remove|unlink|write|dump|getattr|setattr|globals|locals|breakpoint|input|exit"
     r"|seriali[sz]|regex|register|config|seterr|setbufsize|clear_cache|show_|hooks_dir"
     r"|copy_to_host|onnx|str2jax|set_mesh|use_abstract_mesh|disable_jit|progress|tqdm"
-    r"|^equinox\.internal\.",
+    r"|^equinox\.internal\.|(^|\.)info$",  # numpy.info imports the module a string names
     re.IGNORECASE,
 )
 _BUILTINS = (
@@ -53,7 +53,9 @@ _BUILTINS = (
 _PUBLIC_PACKAGES = frozenset(namespace.partition(".")[0] for namespace in _SEED_NAMESPACES)
 
 _by_name: dict[str, Any] = {}  # name -> object: what a file may name
-_user_names: dict[int, str] = {}  # id(object) -> name, for `register(..., name=)` and singletons
+# id(object) -> (object, name), for `register(..., name=)` and singletons. The object is kept (and
+# compared by identity) so that an id reused after a re-registered object is freed never matches.
+_user_names: dict[int, tuple[Any, str]] = {}
 _public_names: dict[int, tuple[Any, str | None]] = {}  # id -> (object, its public name or None)
 _seeded = False
 
@@ -75,7 +77,7 @@ def register(obj: T, name: str | None = None) -> T:
             f"cannot register {obj!r}: it has no module-level name; pass name='...'"
         )
     _by_name[name] = obj
-    _user_names[id(obj)] = name
+    _user_names[id(obj)] = (obj, name)
     return obj
 
 
@@ -93,7 +95,7 @@ def name_of(obj: Any, where: str) -> str:
 
 def _stored_name(obj: Any) -> str | None:
     """The name `register` gave `obj`, else its public name, else `module.qualname` (or None)."""
-    return _user_names.get(id(obj)) or public_name(obj) or canonical_name(obj) or _lambda_name(obj)
+    return user_name(obj) or public_name(obj) or canonical_name(obj) or _lambda_name(obj)
 
 
 def _is_lambda(obj: Any) -> bool:
@@ -248,7 +250,7 @@ def _add_module(module: Any, defined_here_only: bool) -> None:
         defined_here = getattr(obj, "__module__", None) == module.__name__
         if name is None and defined_here and _is_lambda(obj):
             name = f"{module.__name__}.{attr}"  # e.g. the MLP's default `_identity = lambda x: x`
-            _user_names.setdefault(id(obj), name)
+            _user_names.setdefault(id(obj), (obj, name))
         if name is None or not _trusted(name):
             continue
         # From a private module: its own classes and lambdas only (Modules, optax states, the MLP's
@@ -264,12 +266,13 @@ def _add_singletons() -> None:
     missing = treedef.node_data()[1][0]  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
     name = "equinox._module._flatten.MISSING"
     _by_name.setdefault(name, missing)
-    _user_names.setdefault(id(missing), name)
+    _user_names.setdefault(id(missing), (missing, name))
 
 
-def singleton_name(obj: Any) -> str | None:
-    """The stored name of a registered singleton or explicitly named object, else None."""
-    return _user_names.get(id(obj))
+def user_name(obj: Any) -> str | None:
+    """The name `obj` was registered under (or a singleton's), else None: by identity."""
+    entry = _user_names.get(id(obj))
+    return entry[1] if entry is not None and entry[0] is obj else None
 
 
 _TRUSTED = tuple(f"{p}." for p in ("jax", "jaxlib", "numpy", "ml_dtypes", "equinox", "optax")) + (
@@ -278,6 +281,6 @@ _TRUSTED = tuple(f"{p}." for p in ("jax", "jaxlib", "numpy", "ml_dtypes", "equin
 )
 _MISSING = object()
 
-__all__ = ["allow_map", "canonical_name", "name_of", "register", "resolve", "singleton_name"]
+__all__ = ["allow_map", "canonical_name", "name_of", "register", "resolve", "user_name"]
 
 _add_singletons()

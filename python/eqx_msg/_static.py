@@ -37,7 +37,7 @@ def encode(value: Any, where: str, depth: int = 0) -> Any:
         return value if _I64_MIN <= value <= _U64_MAX else {"$": "int", "v": str(value)}
     if kind is tuple:
         return [encode(v, where, depth + 1) for v in value]
-    named = _registry.singleton_name(value)
+    named = _registry.user_name(value)
     if named is not None:
         return {"$": "ref", "v": named}
     if kind is list:
@@ -65,13 +65,13 @@ def encode(value: Any, where: str, depth: int = 0) -> Any:
         return _encode_small_array(value, where)
     if isinstance(value, type) or callable(value):
         return {"$": "ref", "v": _registry.name_of(value, where)}
-    if _is_empty_instance_class(kind) and getattr(value, "__dict__", None) == {}:  # a placeholder
+    if kind in _PLACEHOLDERS and getattr(value, "__dict__", None) == {}:
         return {"$": "new", "cls": _registry.name_of(kind, where)}
     raise UnserialisableError(
         f"{where or 'the root'}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
         f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, tuples, "
-        "lists, dicts, sets, numpy dtypes, functools.partial, module-level functions and classes, and "
-        "state-free instances of such classes."
+        "lists, dicts, sets, numpy dtypes, functools.partial, and module-level functions and classes; "
+        "a sentinel object can be stored by name after eqx_msg.register(obj, name=...)."
     )
 
 
@@ -116,8 +116,8 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             return _decode_small_array(data, where)
         if tag == "new":
             cls = _registry.resolve(_str(data["cls"]), allow, where)
-            if not _is_empty_instance_class(cls):
-                raise HeaderError(f"{where}: {data['cls']} is not a class of stateless instances")
+            if cls not in _PLACEHOLDERS:
+                raise HeaderError(f"{where}: {data['cls']} is not a placeholder class ($new)")
             return object.__new__(cls)  # no __init__ of its own to skip, no state to restore
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, HeaderError | UnknownTypeError):
@@ -128,17 +128,20 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
     raise HeaderError(f"{where or 'the root'}: unknown static value tag {data.get('$')!r}")
 
 
-def _is_empty_instance_class(cls: Any) -> bool:
-    """A plain Python class whose instances hold nothing: no `__new__`, `__init__` or slots of its own.
+def _placeholders() -> frozenset[type]:
+    """Classes whose instances are interchangeable placeholders, stored as `$new` (FORMAT.md 6).
 
-    An instance with an empty `__dict__` is then fully described by its class (a placeholder marker).
+    Equinox's `SharedNode` (where `eqx.nn.Shared` removed a tied node): fresh ones work alike. A
+    sentinel compared by identity is not one of these: register it by name instead.
     """
-    return (
-        isinstance(cls, type)
-        and cls.__new__ is object.__new__
-        and getattr(cls, "__init__", None) is object.__init__
-        and all("__slots__" not in vars(base) for base in cls.__mro__[:-1])
-    )
+    try:
+        from equinox.nn._shared import SharedNode
+    except ImportError:  # pragma: no cover - depends on the equinox version
+        return frozenset()
+    return frozenset({SharedNode})
+
+
+_PLACEHOLDERS = _placeholders()
 
 
 def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ._errors import (
     HeaderError,
     LimitError,
     StructureMismatchError,
+    UnknownTypeError,
     UnserialisableError,
 )
 
@@ -338,6 +339,37 @@ def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
             f"{where or 'the root'}: the file's {node.get('cls')} has children {saved}, but the class "
             f"now has {now}. {_CHANGED}"
         )
+
+
+def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
+    """The key path of every node of a header tree (containers and leaves), and the paths of the
+    nodes whose children's keys the file does not record (written before nodes had `keys`)."""
+    known: set[str] = set()
+    opaque: list[str] = []
+    stack: list[tuple[Any, str]] = [(node, "")]
+    while stack:
+        node, path = stack.pop()
+        known.add(path)
+        if not isinstance(node, dict):
+            continue  # an array leaf
+        tag, children = node.get("t"), node.get("c", [])
+        if tag in ("list", "tuple"):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(children))
+        elif tag in ("dict", "ordereddict", "defaultdict"):
+            try:
+                keys = [_static.decode(key, {}, path) for key in node.get("k", [])]
+            except (HeaderError, UnknownTypeError):
+                opaque.append(path)
+                continue
+            stack.extend((child, f"{path}[{key!r}]") for key, child in zip(keys, children))
+        elif tag in ("namedtuple", "node"):
+            names = node.get("keys")
+            if not isinstance(names, list) or len(names) != len(children):
+                opaque.append(path)
+                continue
+            dot = "." if tag == "namedtuple" else ""
+            stack.extend((child, f"{path}{dot}{name}") for name, child in zip(names, children))
+    return known, opaque
 
 
 def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
