@@ -66,7 +66,8 @@ def test_seeded_registry_holds_the_trusted_namespaces_only():
     for denied in ["builtins.eval", "builtins.exec", "builtins.open", "numpy.load", "numpy.save",
                    "numpy.memmap", "numpy.fromfile", "os.system", "subprocess.run"]:  # fmt: skip
         assert denied not in names, denied
-    seeded = set(names) - {name for _, name in _registry._user_names.values()}  # minus what tests registered
+    registered = {name for _, name in _registry._user_names.values()}  # what tests registered
+    seeded = set(names) - registered
     assert all(n.split(".")[0] in {"jax", "jaxlib", "numpy", "ml_dtypes", "equinox", "optax",
                                    "builtins", "collections"} for n in seeded)  # fmt: skip
 
