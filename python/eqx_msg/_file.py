@@ -197,7 +197,8 @@ def _own_target(path: str) -> str:
         link = os.lstat(path)
     except FileNotFoundError:
         return path
-    if stat.S_ISLNK(link.st_mode) and link.st_uid == os.getuid():
+    getuid = getattr(os, "getuid", None)  # (POSIX only: elsewhere a link is never followed)
+    if stat.S_ISLNK(link.st_mode) and getuid is not None and link.st_uid == getuid():
         return os.path.realpath(path)
     return path
 

@@ -2,9 +2,9 @@
 
 A file names the classes of its nodes and the functions in its static fields. Loading looks those names
 up here and nowhere else: nothing is imported because a file names it. Trusted are the public namespaces
-of jax, numpy, ml_dtypes, equinox and optax (`_SEED_NAMESPACES`) and the classes and functions defined in
-the equinox and optax modules already imported; users add their own with `register` or per call with
-`allow=`. Objects are stored under their public names where they have one (`jax.nn.relu`). A name is
+of jax, numpy, ml_dtypes, equinox and optax (`_SEED_NAMESPACES`), minus names with side effects
+(`_DENIED`), and the classes and module-level lambdas of the equinox and optax modules already
+imported; users add their own with `register` or per call with `allow=`. Objects are stored under their public names where they have one (`jax.nn.relu`). A name is
 resolved by one lookup (`_look_up`); only a name that lookup cannot place makes `_seed` walk every
 trusted namespace once (about 80 ms).
 """
