@@ -241,5 +241,7 @@ def test_header_models_report_a_header_error_not_a_pydantic_one(edit, tmp_path):
 def test_key_leaves_must_hold_their_impls_data(dtype, shape):
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     leaf = {**_leaf(0, nbytes, dtype, shape), "kind": "key", "key_impl": "threefry2x32"}
-    with pytest.raises(eqx_msg.HeaderError, match="threefry2x32 key leaf holds uint32 data"):
+    with pytest.raises(
+        eqx_msg.HeaderError, match="leaf 0: a threefry2x32 key leaf holds uint32 data"
+    ):
         eqx_msg.loads(_frame(_header([leaf], nbytes), bytes(nbytes)))

@@ -83,7 +83,13 @@ def _type(name: str, shape: tuple[int, ...], weak_type: bool, key_impl: str | No
 
 
 def _types(table: Table) -> list[_Type]:
-    return [_type(name, tuple(shape), weak, impl) for name, shape, weak, impl in table.types]
+    types = []
+    for t, (name, shape, weak, impl) in enumerate(table.types):  # one per distinct type: few
+        try:
+            types.append(_type(name, tuple(shape), weak, impl))
+        except HeaderError as err:  # name the first leaf of that type
+            raise HeaderError(f"leaf {list(table.which).index(t)}: {err}") from None
+    return types
 
 
 def numpy_dtypes(table: Table) -> list[np.dtype]:
