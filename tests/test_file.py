@@ -428,3 +428,12 @@ def test_filter_prefixes_may_name_subtrees_without_leaves_and_may_be_modules(tmp
     assert isinstance(part["backbone"].bias, jax.ShapeDtypeStruct)
     with pytest.raises(eqx_msg.KeyPathError, match=r"\['backbone'\]\['bais'\]"):
         eqx_msg.load(path, filter={"backbone": {"bais": True}})
+
+
+def test_reader_repr_names_the_file_and_its_state(tmp_path):
+    path = tmp_path / "r.eqx"
+    eqx_msg.save(path, {"w": np.ones(3), "b": np.zeros(2)})
+    reader = eqx_msg.open(path)
+    assert repr(reader) == f"<eqx_msg.Reader {str(path)!r}: 2 array leaves, open>"
+    reader.close()
+    assert repr(reader).endswith("2 array leaves, closed>")

@@ -386,6 +386,10 @@ class Reader:
         with contextlib.suppress(BufferError):  # arrays still view the map: unmapped with the last
             self._map.close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<eqx_msg.Reader {self.path!r}: {len(self)} array leaves, {state}>"
+
     def __enter__(self) -> Reader:
         return self
 
