@@ -314,3 +314,16 @@ def test_a_file_cannot_make_an_instance_of_a_class_with_state(name):
               "tree": {"t": "value", "v": {"$": "new", "cls": name}, "p": ""}}  # fmt: skip
     with pytest.raises(eqx_msg.HeaderError, match="not a placeholder class"):
         eqx_msg.loads(frame(header, b""))
+
+
+def test_a_state_index_before_make_with_state_says_what_to_do():
+    index = eqx.nn.StateIndex(jnp.zeros(3))  # its marker is a bare object() until make_with_state
+    with pytest.raises(eqx_msg.UnserialisableError, match="make_with_state"):
+        eqx_msg.dumps(index)
+    model, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")
+    loaded_model, loaded_state = eqx_msg.loads(eqx_msg.dumps((model, state)))
+    index, loaded_index = model.batch_state_index, loaded_model.batch_state_index
+    assert isinstance(index.marker, str) and loaded_index.marker == index.marker
+    assert jax.tree.structure(loaded_state.get(loaded_index)) == jax.tree.structure(
+        state.get(index)
+    )

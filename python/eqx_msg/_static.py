@@ -67,11 +67,17 @@ def encode(value: Any, where: str, depth: int = 0) -> Any:
         return {"$": "ref", "v": _registry.name_of(value, where)}
     if kind in _PLACEHOLDERS and getattr(value, "__dict__", None) == {}:
         return {"$": "new", "cls": _registry.name_of(kind, where)}
+    hint = (
+        " A bare object() is an identity marker, such as an eqx.nn.StateIndex's before the model "
+        "goes through eqx.nn.make_with_state (which replaces it with a string): save after that."
+        if kind is object
+        else ""
+    )
     raise UnserialisableError(
         f"{where or 'the root'}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
         f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, tuples, "
         "lists, dicts, sets, numpy dtypes, functools.partial, and module-level functions and classes; "
-        "a sentinel object can be stored by name after eqx_msg.register(obj, name=...)."
+        "a sentinel object can be stored by name after eqx_msg.register(obj, name=...)." + hint
     )
 
 
