@@ -362,13 +362,11 @@ def loads(data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = Fals
     mmap). Leave a writable `data` unchanged while the tree is in use.
     """
     file = File(as_bytes_array(data))
-    if as_numpy:
-        return rebuild(file, like=like, allow=allow, as_numpy=True)
-    if _worth_aligning(file):
+    if not as_numpy and _worth_aligning(file):  # (numpy views need no alignment)
         copy, offset = _core.aligned_copy(file.buf, _core.MIN_ALIGNMENT)
         file.buf = copy[offset : offset + len(file.buf)]
         file.buf.flags.writeable = False
-    return rebuild(file, like=like, allow=allow)
+    return rebuild(file, like=like, allow=allow, as_numpy=as_numpy)
 
 
 def _worth_aligning(file: File) -> bool:

@@ -309,18 +309,19 @@ class _Builder:
                 f"data: {type(err).__name__}: {err}. {_CHANGED}"
             ) from None
         if "keys" in node:
-            _check_keys(node, self.child_keys(cls, obj), where)
+            _check_keys(node, _child_keys(cls, obj), where)
         return obj
 
-    def child_keys(self, cls: type, obj: Any) -> list[str]:
-        """The key strings of `obj`'s children as JAX flattens it now (per class for a Module)."""
-        keys = _MODULE_KEYS.get(cls)
-        if keys is None:
-            flat = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)[0]
-            keys = [jtu.keystr(key) for key, _ in flat]
-            if issubclass(cls, eqx.Module):  # its fields are fixed when the class is made
-                _MODULE_KEYS[cls] = keys
-        return keys
+
+def _child_keys(cls: type, obj: Any) -> list[str]:
+    """The key strings of `obj`'s children as JAX flattens it now (per class for a Module)."""
+    keys = _MODULE_KEYS.get(cls)
+    if keys is None:
+        flat = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)[0]
+        keys = [jtu.keystr(key) for key, _ in flat]
+        if issubclass(cls, eqx.Module):  # its fields are fixed when the class is made
+            _MODULE_KEYS[cls] = keys
+    return keys
 
 
 _MODULE_KEYS: dict[type, list[str]] = {}  # Module class -> its children's key strings
