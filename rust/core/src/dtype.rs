@@ -71,15 +71,20 @@ pub fn is_packed(name: &str) -> bool {
     matches!(lookup(name), Some(b) if b < 8)
 }
 
-/// `ceil(prod(shape) * bits / 8)`, or `None` if the element count or byte length overflows u64.
+/// The number of elements of `shape`, or `None` if it overflows u64.
 ///
 /// A shape with a zero dimension has zero elements, however large the other dimensions.
+pub fn element_count(shape: &[u64]) -> Option<u64> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// `ceil(prod(shape) * bits / 8)`, or `None` if the element count or byte length overflows u64
+/// (with [`element_count`]'s zero rule).
 pub fn nbytes_for_bits(bits: u32, shape: &[u64]) -> Option<u64> {
-    let count = if shape.contains(&0) {
-        0
-    } else {
-        shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?
-    };
+    let count = element_count(shape)?;
     let bits_total = u128::from(count) * u128::from(bits);
     u64::try_from(bits_total.div_ceil(8)).ok()
 }

@@ -357,7 +357,8 @@ impl FileHeader {
                 let fits = match dtype::storage_nbytes(&leaf.dtype, &leaf.shape) {
                     _ if bits < 8 => itemsize == 1,
                     Ok(nbytes) => {
-                        element_count(&leaf.shape).and_then(|count| count.checked_mul(itemsize))
+                        dtype::element_count(&leaf.shape)
+                            .and_then(|count| count.checked_mul(itemsize))
                             == Some(nbytes)
                     }
                     Err(_) => itemsize == u64::from(bits / 8),
@@ -375,15 +376,6 @@ impl FileHeader {
             })
             .collect()
     }
-}
-
-/// The number of elements of `shape` (0 if any dimension is 0, however large the others are), or
-/// None if it overflows: the rule of `dtype::storage_nbytes`.
-fn element_count(shape: &[u64]) -> Option<u64> {
-    if shape.contains(&0) {
-        return Some(0);
-    }
-    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
 /// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
