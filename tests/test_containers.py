@@ -2,6 +2,7 @@
 
 import collections
 import functools
+import itertools
 import re
 
 import jax
@@ -143,6 +144,61 @@ def test_nesting_up_to_the_format_limit_round_trips_and_deeper_is_refused_by_key
     for depth in (MAX_NESTING + 1, 5000):  # 5000: far past Python's recursion limit
         with pytest.raises(eqx_msg.LimitError, match=rf"^{where}: .* at most {MAX_NESTING} levels"):
             eqx_msg.dumps(_nested(depth))
+
+
+_STATIC_SHAPES = {  # a static value nested k levels deep, its innermost value of each kind
+    "tuple": lambda k, inner: functools.reduce(lambda v, _: (v,), range(k), inner),
+    "list": lambda k, inner: functools.reduce(lambda v, _: [v], range(k), inner),
+    "dict": lambda k, inner: functools.reduce(lambda v, _: {"k": v}, range(k), inner),
+    "partial": lambda k, inner: functools.reduce(
+        lambda v, _: functools.partial(np.add, v), range(k), inner
+    ),
+}
+_INNER = {"int": 1, "big int": 2**70, "complex": 1j, "ndarray": np.arange(2), "function": np.add}
+
+
+@pytest.mark.parametrize("shape", list(_STATIC_SHAPES))
+def test_the_static_value_depth_check_refuses_exactly_what_the_header_limit_refuses(
+    shape, monkeypatch
+):
+    """Python's key-path check agrees, at every boundary, with Rust's check of the encoded header."""
+
+    def verdict(tree) -> bool:
+        try:
+            eqx_msg.dumps(tree)
+            return True
+        except eqx_msg.LimitError:
+            return False
+
+    for depth, inner, parity in itertools.product((0, 1, 40, 62), _INNER.values(), (0, 1)):
+        for k in range(1, 130):
+            static = _STATIC_SHAPES[shape](k, inner)
+            static = (static,) if parity else static  # one level down: each check is binding once
+            with monkeypatch.context() as m:  # Rust's verdict alone, on the encoded header
+                m.setattr(eqx_msg._static, "_room", lambda level, where: None)
+                rust = verdict(_nested_around(static, depth))
+            if not rust:
+                with pytest.raises(eqx_msg.LimitError, match="static value nests"):
+                    eqx_msg.dumps(_nested_around(static, depth))
+                break
+            assert verdict(_nested_around(static, depth)), (shape, depth, inner, k)
+        else:
+            pytest.fail("the header limit was never reached")
+
+
+def _nested_around(static, depth: int) -> object:
+    value = functools.partial(np.add, static)  # a leaf holding the static value
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_metadata_nested_past_the_header_limit_is_a_limit_error_naming_metadata():
+    deep: object = 1
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(eqx_msg.LimitError, match='in header field "metadata": '):
+        eqx_msg.dumps({}, metadata=deep)
 
 
 def test_a_static_value_nested_past_the_header_limit_is_a_limit_error():

@@ -20,48 +20,53 @@ from ._errors import HeaderError, LimitError, UnknownTypeError, UnserialisableEr
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
 
-def encode(value: Any, where: str, depth: int = 0) -> Any:
+def encode(value: Any, where: str, level: int) -> Any:
     """Encode a static value as plain msgpack data; `where` names its place for error messages.
 
-    `depth` counts the containers around `value`: past the header's nesting limit, `LimitError`.
+    `level` is the header nesting level the value sits at (the header map is level 1, FORMAT.md
+    section 2): an array or map past the header's limit raises `LimitError`.
     """
-    if depth > _core.MAX_DEPTH:
-        raise LimitError(
-            f"{where or 'the root'}: a static value nests containers more than {_core.MAX_DEPTH} "
-            "deep; a header cannot hold it"
-        )
     kind = type(value)
     if value is None or kind is bool or kind is str or kind is float or kind is bytes:
         return value
+    if kind is int and _I64_MIN <= value <= _U64_MAX:
+        return value
+    _room(level, where)  # everything else is an array or a tagged map
     if kind is int:
-        return value if _I64_MIN <= value <= _U64_MAX else {"$": "int", "v": str(value)}
+        return {"$": "int", "v": str(value)}
     if kind is tuple:
-        return [encode(v, where, depth + 1) for v in value]
+        return [encode(v, where, level + 1) for v in value]
     named = _registry.user_name(value)
     if named is not None:
         return {"$": "ref", "v": named}
+    # The tagged maps below hold their items in an array one level down.
     if kind is list:
-        return {"$": "list", "v": [encode(v, where, depth + 1) for v in value]}
+        _room(level + 1, where)
+        return {"$": "list", "v": [encode(v, where, level + 2) for v in value]}
     if kind is dict:
+        _room(level + 1, where)
         return {
             "$": "dict",
-            "k": [encode(k, where, depth + 1) for k in value],
-            "v": [encode(v, where, depth + 1) for v in value.values()],
+            "k": [encode(k, where, level + 2) for k in value],
+            "v": [encode(v, where, level + 2) for v in value.values()],
         }
     if kind is set or kind is frozenset:
-        return {"$": kind.__name__, "v": [encode(v, where, depth + 1) for v in value]}
+        _room(level + 1, where)
+        return {"$": kind.__name__, "v": [encode(v, where, level + 2) for v in value]}
     if kind is complex:
+        _room(level + 1, where)
         return {"$": "complex", "v": [value.real, value.imag]}
     if isinstance(value, np.dtype):
         return {"$": "dtype", "v": _dtypes.name_of(value)}
     if kind is functools.partial:
-        return {
+        return {  # "args" is an array one level down, beside "f", whose encoding checks that level
             "$": "partial",
-            "f": encode(value.func, where, depth + 1),
-            "args": [encode(a, where, depth + 1) for a in value.args],
-            "kw": encode(dict(value.keywords), where, depth + 1),
+            "f": encode(value.func, where, level + 1),
+            "args": [encode(a, where, level + 2) for a in value.args],
+            "kw": encode(dict(value.keywords), where, level + 1),
         }
     if kind is np.ndarray:
+        _room(level + 1, where)
         return _encode_small_array(value, where)
     if isinstance(value, type) or callable(value):
         return {"$": "ref", "v": _registry.name_of(value, where)}
@@ -79,6 +84,16 @@ def encode(value: Any, where: str, depth: int = 0) -> Any:
         "lists, dicts, sets, numpy dtypes, functools.partial, and module-level functions and classes; "
         "a sentinel object can be stored by name after eqx_msg.register(obj, name=...)." + hint
     )
+
+
+def _room(level: int, where: str) -> None:
+    """Refuse an array or map at header nesting `level` past the header's limit."""
+    if level > _core.MAX_DEPTH:
+        raise LimitError(
+            f"{where or 'the root'}: a static value nests containers too deep here: an array or "
+            f"map at header level {level}, past the header's limit of {_core.MAX_DEPTH} "
+            "(FORMAT.md section 2)"
+        )
 
 
 def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:

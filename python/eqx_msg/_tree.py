@@ -61,6 +61,11 @@ class _Flattener:
         self.sources = sources
         self.depth = 0  # containers open around the node being walked
 
+    @property
+    def level(self) -> int:
+        """The header nesting level of the node being walked: a map, below its parents' arrays."""
+        return 2 + 2 * self.depth
+
     def walk(self, obj: Any, path: str) -> dict[str, Any] | int:
         kind = type(obj)
         if kind is np.ndarray:  # the hot path for many small leaves, inlined
@@ -83,14 +88,16 @@ class _Flattener:
         if obj is None:
             return {"t": "none"}
         if kind in _PY_SCALARS:
-            return {"t": "value", "v": _static.encode(obj, path), "p": path}
+            return {"t": "value", "v": _static.encode(obj, path, self.level + 1), "p": path}
         if isinstance(obj, jax.Array | jax.ShapeDtypeStruct | np.ndarray | np.generic):
             return self.leaf(obj, path)
         if kind is collections.OrderedDict:
             return self.mapping("ordereddict", obj, path)
         if kind is collections.defaultdict:
             node = self.mapping("defaultdict", obj, path)
-            node["factory"] = _static.encode(obj.default_factory, f"{path}.default_factory")
+            node["factory"] = _static.encode(
+                obj.default_factory, f"{path}.default_factory", self.level + 1
+            )
             return node
         if isinstance(obj, tuple) and hasattr(kind, "_fields"):
             return {
@@ -116,7 +123,7 @@ class _Flattener:
     def mapping(self, tag: str, obj: Mapping[Any, Any], path: str) -> dict[str, Any]:
         return {
             "t": tag,
-            "k": [_static.encode(k, path) for k in obj],
+            "k": [_static.encode(k, path, self.level + 2) for k in obj],
             "c": self.descend(path, ((v, f"{path}[{k!r}]") for k, v in obj.items())),
         }
 
@@ -125,13 +132,15 @@ class _Flattener:
         children, treedef = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
         node_data = treedef.node_data()  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
         if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
-            return {"t": "value", "v": _static.encode(obj, path), "p": path}
+            return {"t": "value", "v": _static.encode(obj, path, self.level + 1), "p": path}
         cls, aux = node_data
         keys = [jtu.keystr(key) for key, _ in children]
         return {
             "t": "node",
             "cls": _registry.name_of(cls, path),
-            "aux": _static.encode(aux, f"{path} (flatten data of {cls.__qualname__})"),
+            "aux": _static.encode(
+                aux, f"{path} (flatten data of {cls.__qualname__})", self.level + 1
+            ),
             "keys": keys,
             "c": self.descend(
                 path, ((child, path + key) for key, (_, child) in zip(keys, children))

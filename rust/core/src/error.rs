@@ -303,6 +303,16 @@ impl Error {
             AllocFailed { .. } => "MemoryError", // Python's own: not a fault of the data
         }
     }
+
+    /// Names the header field a nesting error lies in (other errors already say where they are).
+    pub(crate) fn in_field(self, field: &str) -> Error {
+        match self {
+            Error::TooDeep { location } => Error::TooDeep {
+                location: format!("in header field {field:?}: {location}"),
+            },
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Error {

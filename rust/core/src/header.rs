@@ -191,14 +191,17 @@ impl<'a> Header<'a> {
                 }
                 at[k] = Some(c.pos());
             }
+            let in_field = |e: Error| e.in_field(key);
             match known {
                 None => {
                     keys.push(key);
-                    c.skip(ROOT_VALUES)?;
+                    c.skip(ROOT_VALUES).map_err(|e| in_field(e.into()))?;
                 }
-                Some(4) => leaves = parse_leaves(&mut c)?,
-                Some(k @ 5..=7) => raw[k - 5] = Some(c.raw(ROOT_VALUES)?),
-                Some(_) => c.skip(ROOT_VALUES)?,
+                Some(4) => leaves = parse_leaves(&mut c).map_err(in_field)?,
+                Some(k @ 5..=7) => {
+                    raw[k - 5] = Some(c.raw(ROOT_VALUES).map_err(|e| in_field(e.into()))?);
+                }
+                Some(_) => c.skip(ROOT_VALUES).map_err(|e| in_field(e.into()))?,
             }
         }
         if c.pos() != bytes.len() {
@@ -708,6 +711,28 @@ mod tests {
         for levels in [MAX_DEPTH + 1, MAX_DEPTH + 2, MAX_DEPTH + 50] {
             let e = Header::decode(&enc(&nested(levels))).unwrap_err();
             assert_eq!(e.kind(), "LimitError", "{levels}: {e}");
+            assert!(
+                e.to_string().contains("in header field \"metadata\": "),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn depth_errors_name_the_header_field() {
+        let mut deep = Value::from(1);
+        for _ in 0..MAX_DEPTH {
+            deep = Value::Array(vec![deep]);
+        }
+        let in_a_leaf = with_leaf(good_header(), 0, "extra", deep.clone());
+        let cases = ["tree", "writer", "an unknown key"]
+            .map(|field| (field, with_root(good_header(), field, deep.clone())));
+        for (field, v) in [("leaves", in_a_leaf)].into_iter().chain(cases) {
+            let e = Header::decode(&enc(&v)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("in header field {field:?}: ")),
+                "{field}: {e}"
+            );
         }
     }
 
