@@ -92,6 +92,14 @@ def test_metadata_round_trips_any_msgpack_value():
     assert eqx_msg.header(data).metadata == metadata
 
 
+def test_metadata_with_tuple_keys_reads_back_with_tuple_keys(tmp_path):
+    metadata = {(1, 2): "x", ((1, 2), "y"): [1, 2], 3: {"q": (4,)}}
+    eqx_msg.save(tmp_path / "m.eqx", {"w": np.ones(2)}, metadata=metadata)
+    with eqx_msg.open(tmp_path / "m.eqx") as reader:
+        assert reader.metadata == {(1, 2): "x", ((1, 2), "y"): [1, 2], 3: {"q": [4]}}
+        assert reader.header.metadata == reader.metadata
+
+
 def test_metadata_that_is_not_msgpack_is_refused():
     with pytest.raises(eqx_msg.UnserialisableError, match="metadata"):
         eqx_msg.dumps({"w": np.ones(2)}, metadata={"bad": object()})

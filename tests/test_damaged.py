@@ -156,6 +156,25 @@ def test_malformed_or_hostile_tree(tree, error, tmp_path):
         reader.abstract()
 
 
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"t": "dict"},
+        {"t": "ordereddict"},
+        {"t": "defaultdict", "factory": {"$": "ref", "v": "builtins.list"}},
+    ],
+    ids=lambda node: node["t"],
+)
+def test_a_mapping_that_repeats_a_key_is_refused_not_loaded_without_a_leaf(node):
+    def file(keys: list[str]) -> bytes:
+        leaves = [_leaf(0, 16), _leaf(64, 16), _leaf(128, 16)]
+        return _frame(_header(leaves, 144, tree={**node, "k": keys, "c": [0, 1, 2]}), bytes(144))
+
+    with pytest.raises(eqx_msg.HeaderError, match=r"repeats a key \(3 keys, 2 distinct\)"):
+        eqx_msg.loads(file(["a", "b", "a"]))
+    assert list(eqx_msg.loads(file(["a", "b", "c"]))) == ["a", "b", "c"]
+
+
 def test_a_header_without_tree_is_refused(tmp_path):
     header = _header([_leaf(0, 16)], 64)
     del header["tree"]

@@ -175,12 +175,29 @@ def decode_tree(encoded: bytes) -> Any:
 
 
 def _unpack(data: Any, where: str) -> Any:
-    """Decode msgpack that Rust has already checked (syntax, UTF-8, depth)."""
+    """Decode msgpack that Rust has already checked (syntax, UTF-8, depth).
+
+    A map key that is an array (metadata saved with tuple keys) becomes a tuple, as it was saved.
+    """
     try:
         with gc_paused():
-            return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.ExtraData) as err:  # pragma: no cover - Rust checked it
+            try:
+                return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            except TypeError:  # an unhashable key: decoded again, off the hot path
+                return msgpack.unpackb(
+                    data, raw=False, strict_map_key=False, object_pairs_hook=_hashable_keys
+                )
+    except (ValueError, TypeError, msgpack.ExtraData) as err:
         raise HeaderError(f"{where}: {err}") from None
+
+
+def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A map whose array keys (lists, after msgpack) are made tuples again."""
+    return {_as_tuple(key): value for key, value in pairs}
+
+
+def _as_tuple(key: Any) -> Any:
+    return tuple(_as_tuple(k) for k in key) if isinstance(key, list) else key
 
 
 def validate_header(raw: dict[str, Any]) -> Header:

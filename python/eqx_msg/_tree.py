@@ -11,8 +11,9 @@ own unflatten for its class (Equinox Modules are rebuilt without calling `__init
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
@@ -33,6 +34,7 @@ from ._errors import (
 _ArrayImpl = type(jax.numpy.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
 _PY_SCALARS = (bool, int, float, complex, str, bytes)
+_M = TypeVar("_M", bound=Mapping[Any, Any])
 # A container node at depth d is a map at header level 2 + 2d holding its children's array at 3 + 2d.
 MAX_NESTING = (_core.MAX_DEPTH - 3) // 2 + 1
 
@@ -268,7 +270,7 @@ class _Builder:
         try:
             tag = node["t"]
             if tag == "dict":
-                return dict(self.items(node, where))
+                return self.mapping(node, where, dict)
             if tag == "list":
                 return self.children(node["c"], where)
             if tag == "tuple":
@@ -280,10 +282,12 @@ class _Builder:
             if tag == "node":
                 return self.custom(node, where)
             if tag == "ordereddict":
-                return collections.OrderedDict(self.items(node, where))
+                return self.mapping(node, where, collections.OrderedDict)
             if tag == "defaultdict":
                 factory = _static.decode(node["factory"], self.allow, where)
-                return collections.defaultdict(factory, self.items(node, where))
+                return self.mapping(
+                    node, where, functools.partial(collections.defaultdict, factory)
+                )
             if tag == "namedtuple":
                 cls = _registry.resolve(node["cls"], self.allow, where)
                 if not (isinstance(cls, type) and issubclass(cls, tuple)):
@@ -294,12 +298,19 @@ class _Builder:
             raise HeaderError(f"{where or 'the root'}: malformed tree node: {err!r}") from None
         raise HeaderError(f"{where or 'the root'}: unknown tree node type {tag!r}")
 
-    def items(self, node: dict[str, Any], where: str) -> Iterator[tuple[Any, Any]]:
+    def mapping(self, node: dict[str, Any], where: str, make: Callable[[Any], _M]) -> _M:
+        """A dict-like node from `make(pairs)`; a repeated key (its leaves would vanish) is refused."""
         stored, children = _seq(node["k"]), _seq(node["c"])
         if len(stored) != len(children):
             raise HeaderError(f"{where}: {len(stored)} keys but {len(children)} children")
         keys = [_static.decode(key, self.allow, where) for key in stored]
-        return zip(keys, self.children(children, where, keys))
+        mapping = make(zip(keys, self.children(children, where, keys)))
+        if len(mapping) != len(keys):
+            raise HeaderError(
+                f"{where or 'the root'}: a {node['t']} node repeats a key "
+                f"({len(keys)} keys, {len(mapping)} distinct)"
+            )
+        return mapping
 
     def custom(self, node: dict[str, Any], where: str) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)

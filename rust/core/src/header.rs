@@ -302,6 +302,13 @@ impl<'a> Header<'a> {
                         reason: "only allowed for kinds \"key\" and \"abstract\"",
                     })
                 }
+                LeafKind::NumpyScalar if !leaf.shape.is_empty() => {
+                    return Err(Error::WrongType {
+                        field: format!("{} field \"shape\"", lr()),
+                        expected: "[] (a numpy_scalar is 0-d)",
+                        found: format!("{:?}", leaf.shape),
+                    })
+                }
                 _ => {}
             }
             if !leaf.kind.has_bytes() {
@@ -694,6 +701,22 @@ mod tests {
         let h = Header::decode(&b).unwrap();
         assert_eq!(h.validate().unwrap_err().kind(), "HeaderError");
         let v = with_leaf(v, 0, "key_impl", Value::from("rbg"));
+        Header::decode_validated(&enc(&v)).unwrap();
+    }
+
+    #[test]
+    fn a_numpy_scalar_is_0_d() {
+        // Leaf 0 is float32 [3] at offset 0: as a numpy_scalar it must have shape [].
+        let v = with_leaf(good_header(), 0, "kind", Value::from("numpy_scalar"));
+        let e = Header::decode_validated(&enc(&v)).unwrap_err();
+        assert_eq!(e.kind(), "HeaderError");
+        assert!(
+            e.to_string()
+                .contains("\"shape\": expected [] (a numpy_scalar is 0-d)"),
+            "{e}"
+        );
+        let v = with_leaf(v, 0, "shape", Value::Array(vec![]));
+        let v = with_leaf(v, 0, "nbytes", Value::from(4));
         Header::decode_validated(&enc(&v)).unwrap();
     }
 
