@@ -51,6 +51,56 @@ def test_allow_as_a_mapping_of_names():
     assert type(loaded) is Head
 
 
+def energy(x):
+    return jnp.sum(x**2)
+
+
+@jax.jit
+def jitted_at_module_level(x):  # the module's `jitted_at_module_level` is the jitted function
+    return x + 1
+
+
+class Tools:
+    @staticmethod
+    def double(x):
+        return 2 * x
+
+    def method(self, x):
+        return x
+
+
+@functools.wraps(energy)
+def _wrapper_named_energy(x):
+    return energy(x)
+
+
+@pytest.mark.parametrize(
+    "wrapper",
+    [jax.jit(energy), jax.grad(energy), jax.vmap(energy), _wrapper_named_energy, jax.grad(jnp.sin)],
+    ids=["jit", "grad", "vmap", "functools.wraps", "grad-of-jnp.sin"],
+)
+def test_a_wrapper_that_reports_its_functions_name_is_refused_not_saved_as_that_function(wrapper):
+    # Stored by the wrapped function's name, it would load back as the function itself: silently
+    # a different computation (eqx.nn.Lambda(jax.grad(jnp.sin)) computed jnp.sin after loading).
+    with pytest.raises(eqx_msg.UnserialisableError, match="that name holds another object"):
+        eqx_msg.dumps(Head(jnp.ones(2), wrapper))
+    with pytest.raises(eqx_msg.UnserialisableError, match="holds another object.*name="):
+        eqx_msg.register(wrapper)
+    eqx_msg.register(wrapper, name=f"tests.wrapper_{id(wrapper)}")  # a name of its own: fine
+    assert eqx_msg.loads(eqx_msg.dumps(Head(jnp.ones(2), wrapper)), allow=[Head]).act is wrapper
+
+
+def test_functions_the_module_binds_under_their_name_are_stored_by_it():
+    for fn in (jitted_at_module_level, Tools.double, energy):
+        loaded = eqx_msg.loads(eqx_msg.dumps(Head(jnp.ones(2), fn)), allow=[Head, fn])
+        assert loaded.act is fn
+
+
+def test_a_bound_method_is_refused_its_object_would_be_lost():
+    with pytest.raises(eqx_msg.UnserialisableError, match="bound method .*Tools.method"):
+        eqx_msg.dumps({"f": Tools().method})
+
+
 def test_register_refuses_objects_without_a_name():
     with pytest.raises(eqx_msg.UnserialisableError, match="name="):
         eqx_msg.register(lambda x: x)

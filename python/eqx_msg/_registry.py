@@ -12,6 +12,7 @@ trusted namespace once (about 80 ms).
 from __future__ import annotations
 
 import collections
+import inspect
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -71,11 +72,16 @@ def canonical_name(obj: Any) -> str | None:
 
 def register(obj: T, name: str | None = None) -> T:
     """Allow `obj` (a class, function or singleton) to be rebuilt from files; usable as a decorator."""
-    name = name or canonical_name(obj)
     if name is None:
-        raise UnserialisableError(
-            f"cannot register {obj!r}: it has no module-level name; pass name='...'"
-        )
+        name = canonical_name(obj)
+        if name is None:
+            raise UnserialisableError(
+                f"cannot register {obj!r}: it has no module-level name; pass name='...'"
+            )
+        if _misnamed(obj, name):
+            raise UnserialisableError(
+                f"cannot register {obj!r} as {name!r}: {_MISNAMED}; pass name='...'"
+            )
     _by_name[name] = obj
     _user_names[id(obj)] = (obj, name)
     return obj
@@ -90,12 +96,56 @@ def name_of(obj: Any, where: str) -> str:
             "inside another function, has no name to look up when loading. Define it at module level "
             "(and pass it to eqx_msg.register, or to allow= when loading)."
         )
+    if inspect.ismethod(obj) and user_name(obj) is None:
+        raise UnserialisableError(
+            f"{where or 'the root'}: cannot store the bound method {name}: a function is stored by "
+            "name, and its object would be lost. Store the object itself (a Module is a pytree), "
+            "or a module-level function."
+        )
+    if _misnamed(obj, name):
+        raise UnserialisableError(
+            f"{where or 'the root'}: cannot store {obj!r:.80} as {name!r}: {_MISNAMED}. Store the "
+            "function itself, bind the wrapper to a module-level name, or register it under a name "
+            "of its own: eqx_msg.register(obj, name='...')."
+        )
     return name
 
 
 def _stored_name(obj: Any) -> str | None:
     """The name `register` gave `obj`, else its public name, else `module.qualname` (or None)."""
     return user_name(obj) or public_name(obj) or canonical_name(obj) or _lambda_name(obj)
+
+
+_MISNAMED = (  # what `_misnamed` finds
+    "that name holds another object (jax.jit, jax.grad, jax.vmap and functools.wraps wrappers "
+    "report the name of the function they wrap)"
+)
+
+
+def _misnamed(obj: Any, name: str) -> bool:
+    """Whether `name`, the `module.qualname` of a function, holds another object: loading gives that.
+
+    Classes are not checked: a class defined again (a notebook cell run twice) keeps its name, and
+    loading checks a node's `keys` against the class it finds.
+    """
+    if isinstance(obj, type) or user_name(obj) == name or public_name(obj) == name:
+        return False
+    if inspect.ismethod(obj):
+        return True
+    module_name = obj.__module__
+    if not name.startswith(f"{module_name}."):  # a module-level lambda's `module.attr`: checked
+        return False
+    first, *rest = name[len(module_name) + 1 :].split(".")
+    found = (
+        vars(sys.modules[module_name]).get(first, _MISSING)
+        if module_name in sys.modules
+        else _MISSING
+    )
+    for (
+        attr
+    ) in rest:  # class attributes, as the class gives them (staticmethods, Equinox's wrappers)
+        found = getattr(found, attr, _MISSING)
+    return found is not obj
 
 
 def _is_lambda(obj: Any) -> bool:
