@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import functools  # noqa: E402
 import math  # noqa: E402
 import struct  # noqa: E402
 from typing import Any  # noqa: E402
@@ -42,7 +43,15 @@ def assert_same_tree(original: Any, loaded: Any) -> None:
         elif isinstance(a, float) and math.isnan(a):
             assert math.isnan(b)
         else:
-            assert a == b
+            assert _as_compared(a) == _as_compared(b)
+
+
+def _as_compared(x: Any) -> Any:
+    """`x`, with each functools.partial (equal only to itself) made a comparable tuple."""
+    if isinstance(x, functools.partial):
+        keywords = {k: _as_compared(v) for k, v in x.keywords.items()}
+        return ("partial", x.func, tuple(map(_as_compared, x.args)), keywords)
+    return x
 
 
 @pytest.fixture

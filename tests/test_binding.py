@@ -1,6 +1,7 @@
 """The extension's `FileHeader.arrays`: views that are right, and misuse refused without a crash."""
 
 import gc
+import itertools
 
 import jax
 import ml_dtypes
@@ -155,10 +156,15 @@ def test_shapes_with_a_zero_dimension_follow_the_zero_rule():
     loaded = eqx_msg.loads(_one_leaf_file("abstract", "float32", [2**40, 2**40, 0], 0))
     assert loaded["x"].shape == (2**40, 2**40, 0)
     assert eqx_msg.loads(_one_leaf_file("numpy", "float32", [2**60, 0], 0))["x"].shape == (2**60, 0)
-    # numpy itself cannot make these (its size check multiplies before reaching the 0).
-    for kind, dtype, shape in [("numpy", "int4", [2**62, 4, 0]), ("numpy", "float32", [2**63, 0])]:
+    # numpy itself cannot make these: its size check (item size times the nonzero dimensions, at
+    # most 2**63 - 1) skips zero dimensions, not the others. int4 unpacks to 1-byte items.
+    too_large = [[2**62, 4, 0], [2**63, 0], [0, 2**64 - 1], [0, 2**62, 2], [2**32, 0, 2**31]]
+    for dtype, shape in itertools.product(("int4", "float32"), too_large):
         with pytest.raises(eqx_msg.LimitError, match="too large for a numpy array"):
-            eqx_msg.loads(_one_leaf_file(kind, dtype, shape, 0))
+            eqx_msg.loads(_one_leaf_file("numpy", dtype, shape, 0))
+    with pytest.raises(eqx_msg.LimitError, match="too large for a numpy array"):
+        eqx_msg.loads(_one_leaf_file("numpy", "float32", [0, 2**62], 0))
+    assert eqx_msg.loads(_one_leaf_file("numpy", "int4", [0, 2**62], 0))["x"].shape == (0, 2**62)
 
 
 def test_assemble_into_refuses_a_leaf_anywhere_inside_the_output_buffer():

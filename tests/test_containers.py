@@ -105,6 +105,12 @@ def test_metadata_that_is_not_msgpack_is_refused():
         eqx_msg.dumps({"w": np.ones(2)}, metadata={"bad": object()})
 
 
+def test_loads_refuses_a_non_contiguous_buffer_with_a_type_error():
+    data = eqx_msg.dumps({"w": np.ones(2)})
+    with pytest.raises(TypeError, match="not C-contiguous"):
+        eqx_msg.loads(memoryview(data + data)[::2])
+
+
 def test_loads_accepts_bytearray_memoryview_and_mmap(tmp_path):
     import mmap
 

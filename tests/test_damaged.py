@@ -120,6 +120,7 @@ def test_depth_bomb_is_refused():
     "tree,error",
     [
         ({"t": "list", "c": [5]}, eqx_msg.HeaderError),
+        ({"t": "list", "c": [-1]}, eqx_msg.HeaderError),
         ({"t": "list", "c": [0, 0]}, eqx_msg.HeaderError),
         ({"t": "list", "c": []}, eqx_msg.HeaderError),
         ({"t": "wat"}, eqx_msg.HeaderError),
@@ -135,6 +136,7 @@ def test_depth_bomb_is_refused():
     ],
     ids=[
         "leaf-index",
+        "leaf-index-negative",
         "leaf-reused",
         "leaf-unused",
         "unknown-node",
@@ -173,6 +175,30 @@ def test_a_mapping_that_repeats_a_key_is_refused_not_loaded_without_a_leaf(node)
     with pytest.raises(eqx_msg.HeaderError, match=r"repeats a key \(3 keys, 2 distinct\)"):
         eqx_msg.loads(file(["a", "b", "a"]))
     assert list(eqx_msg.loads(file(["a", "b", "c"]))) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "cls",
+    ["builtins.dict", "builtins.list", "builtins.tuple", "builtins.NoneType",
+     "collections.OrderedDict", "collections.defaultdict", "collections.deque"],
+)  # fmt: skip
+def test_a_node_of_a_builtin_container_class_is_refused(cls):
+    # jaxlib rebuilds these from the aux data unchecked: a dict with fewer keys than children
+    # crashed the process (SIGSEGV), mixed key types raised a bare ValueError.
+    for aux in ([], ["a", 1], None):
+        tree = {"t": "node", "cls": cls, "aux": aux, "c": [{"t": "none"}, 0]}
+        data = _frame(_header([_leaf(0, 16)], 64, tree=tree), bytes(64))
+        with pytest.raises(eqx_msg.HeaderError, match="node types of their own"):
+            eqx_msg.loads(data)
+
+
+@pytest.mark.parametrize("dtype", ["float6_e2m3fn", "float6_e3m2fn"])
+def test_a_jax_leaf_of_a_dtype_jax_lacks_is_a_dtype_error_and_reads_as_numpy(dtype):
+    record = {**_leaf(0, 4, dtype=dtype), "kind": "jax", "path": "['w']"}
+    data = _frame(_header([record], 64, tree={"t": "dict", "k": ["w"], "c": [0]}), bytes(64))
+    with pytest.raises(eqx_msg.DTypeError, match=rf"\['w'\]: a jax leaf of dtype {dtype}"):
+        eqx_msg.loads(data)
+    assert eqx_msg.loads(data, as_numpy=True)["w"].dtype.name == dtype
 
 
 def test_a_header_without_tree_is_refused(tmp_path):

@@ -50,6 +50,7 @@ def _layers():
     yield "adaptivepool", eqx.nn.AdaptiveAvgPool2d((2, 2))
     yield "prelu", eqx.nn.PReLU()
     yield "identity", eqx.nn.Identity()
+    yield "weightnorm", eqx.nn.WeightNorm(eqx.nn.Linear(4, 3, key=K1))  # a private helper function
 
 
 @pytest.mark.parametrize("name,layer", list(_layers()), ids=[n for n, _ in _layers()])
@@ -66,6 +67,9 @@ def test_layers_compute_the_same_after_loading(roundtrip):
     conv = eqx.nn.Conv2d(2, 3, 3, key=K2)
     x = jax.random.normal(K3, (2, 5, 5))
     assert jnp.array_equal(conv(x), roundtrip(conv)(x))
+    weightnorm = eqx.nn.WeightNorm(eqx.nn.Linear(4, 3, key=K1))
+    x = jnp.arange(4.0)
+    assert jnp.array_equal(weightnorm(x), roundtrip(weightnorm)(x))
 
 
 def test_batchnorm_with_state(roundtrip):

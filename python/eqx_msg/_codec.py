@@ -91,7 +91,7 @@ def as_bytes_array(data: Any, *, writable: bool = False) -> np.ndarray:
     """
     try:
         buf = np.frombuffer(data, dtype=np.uint8)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, BufferError) as err:  # BufferError: a non-contiguous memoryview
         what = "bytearray, mmap, memoryview or numpy array"
         what = f"a writable {what}" if writable else f"bytes, {what}"
         raise TypeError(f"expected {what}, got {type(data).__name__}: {err}") from None

@@ -11,10 +11,11 @@ import jax
 import numpy as np
 
 from . import _core, _dtypes, _place
-from ._errors import HeaderError, LayoutError
+from ._errors import DTypeError, HeaderError, LayoutError
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
+_NOT_IN_JAX = frozenset({"float6_e2m3fn", "float6_e3m2fn"})  # XLA has no such types (numpy only)
 _KINDS = frozenset({"numpy", "numpy_scalar", "jax", "key", "abstract"})
 _PLACED = frozenset({"jax", "key"})  # kinds that go to a device
 _KEYS_ONLY = frozenset({"key"})  # with as_numpy: numpy has no typed PRNG keys
@@ -142,6 +143,14 @@ def build_leaves(
         for i, (kind, host) in enumerate(zip(kinds, hosts))
         if kind in placed_kinds and host is not None
     ]
+    if any(t.dtype.name in _NOT_IN_JAX for t in types):
+        for i in to_place:
+            if types[which[i]].dtype.name in _NOT_IN_JAX:
+                where = (paths()[i] or "the root") if paths is not None else f"leaf {i}"
+                raise DTypeError(
+                    f"{where}: a jax leaf of dtype {types[which[i]].dtype.name}, which JAX has no "
+                    "arrays of; load with as_numpy=True to read its data"
+                )
     if not jax.config.read("jax_enable_x64") and any(t.x64_only for t in types):
         # 64-bit data stays exact: numpy, never a silently narrowed jax array.
         numpy_instead = [i for i in to_place if kinds[i] == "jax" and types[which[i]].x64_only]

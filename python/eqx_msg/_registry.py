@@ -248,8 +248,7 @@ def _look_up(name: str) -> Any:
     if obj is _MISSING or not (isinstance(obj, type) or callable(obj)):
         return _MISSING
     if canonical_name(obj) == name:  # defined in that module
-        private_ok = module_name.partition(".")[0] in _SEED_PACKAGES and isinstance(obj, type)
-        held = private_ok or public_name(obj) is not None
+        held = _private_ok(module_name, obj) or public_name(obj) is not None
     else:
         held = _lambda_name(obj) == name
     if not held:
@@ -303,11 +302,21 @@ def _add_module(module: Any, defined_here_only: bool) -> None:
             _user_names.setdefault(id(obj), (obj, name))
         if name is None or not _trusted(name):
             continue
-        # From a private module: its own classes and lambdas only (Modules, optax states, the MLP's
-        # `_identity`); its plain functions are reachable only through a public namespace.
-        if defined_here_only and not (defined_here and (isinstance(obj, type) or _is_lambda(obj))):
+        if defined_here_only and not (defined_here and (_private_ok(module.__name__, obj))):
             continue
         _by_name.setdefault(name, obj)
+
+
+def _private_ok(module_name: str, obj: Any) -> bool:
+    """Whether `obj`, defined in a module of equinox or optax, is trusted though not exported.
+
+    Classes (Modules, optax states) and module-level lambdas (the MLP's `_identity`) are; plain
+    functions only in Equinox's layer modules, whose helpers are pure (WeightNorm's
+    `_norm_except_axis`). Other plain functions are reachable only through a public namespace.
+    """
+    if module_name.partition(".")[0] not in _SEED_PACKAGES:
+        return False
+    return isinstance(obj, type) or _is_lambda(obj) or module_name.startswith("equinox.nn._")
 
 
 def _add_singletons() -> None:

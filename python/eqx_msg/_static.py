@@ -112,7 +112,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             keys, values = data["k"], data["v"]
             if len(keys) != len(values):
                 raise HeaderError(
-                    f"{where}: static dict has {len(keys)} keys, {len(values)} values"
+                    f"{where or 'the root'}: static dict has {len(keys)} keys, {len(values)} values"
                 )
             return {decode(k, allow, where): decode(v, allow, where) for k, v in zip(keys, values)}
         if tag == "set":
@@ -131,14 +131,16 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             args = decode(data["args"], allow, where)
             keywords = decode(data["kw"], allow, where)
             if not callable(func) or not isinstance(keywords, dict):
-                raise HeaderError(f"{where}: malformed partial")
+                raise HeaderError(f"{where or 'the root'}: malformed partial")
             return functools.partial(func, *args, **keywords)
         if tag == "ndarray":
             return _decode_small_array(data, where)
         if tag == "new":
             cls = _registry.resolve(_str(data["cls"]), allow, where)
             if cls not in _PLACEHOLDERS:
-                raise HeaderError(f"{where}: {data['cls']} is not a placeholder class ($new)")
+                raise HeaderError(
+                    f"{where or 'the root'}: {data['cls']} is not a placeholder class ($new)"
+                )
             return object.__new__(cls)  # no __init__ of its own to skip, no state to restore
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, HeaderError | UnknownTypeError):
@@ -167,7 +169,9 @@ _PLACEHOLDERS = _placeholders()
 
 def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:
     if value.dtype.name in _dtypes.PACKED_BITS or value.dtype.hasobject:
-        raise UnserialisableError(f"{where}: a {value.dtype} array cannot be a static value")
+        raise UnserialisableError(
+            f"{where or 'the root'}: a {value.dtype} array cannot be a static value"
+        )
     array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
     return {
         "$": "ndarray",
@@ -185,7 +189,7 @@ def _decode_small_array(data: dict[str, Any], where: str) -> np.ndarray:
         not isinstance(raw, bytes)
         or len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     ):
-        raise HeaderError(f"{where}: static ndarray has the wrong number of bytes")
+        raise HeaderError(f"{where or 'the root'}: static ndarray has the wrong number of bytes")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

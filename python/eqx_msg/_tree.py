@@ -35,6 +35,18 @@ _ArrayImpl = type(jax.numpy.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
 _PY_SCALARS = (bool, int, float, complex, str, bytes)
 _M = TypeVar("_M", bound=Mapping[Any, Any])
+# Containers JAX flattens natively; a file stores them as "dict", "list", ... nodes, never "node".
+_BUILTIN_NODES = frozenset(
+    {
+        dict,
+        list,
+        tuple,
+        type(None),
+        collections.OrderedDict,
+        collections.defaultdict,
+        collections.deque,
+    }
+)
 # A container node at depth d is a map at header level 2 + 2d holding its children's array at 3 + 2d.
 MAX_NESTING = (_core.MAX_DEPTH - 3) // 2 + 1
 
@@ -228,7 +240,7 @@ def unflatten(node: Any, leaves: Sequence[Any], allow: Mapping[str, Any]) -> Any
     builder = _Builder(leaves, allow)
     tree = builder.child(node, "")
     order = builder.order
-    if len(order) != len(leaves) or len(set(order)) != len(leaves) or (order and min(order) < 0):
+    if len(order) != len(leaves) or len(set(order)) != len(leaves):
         raise HeaderError(
             f"the tree must reference each of the {len(leaves)} leaf records exactly once; "
             f"it references {len(order)} ({len(set(order))} distinct)"
@@ -244,17 +256,19 @@ class _Builder:
 
     def child(self, node: Any, where: str) -> Any:
         if type(node) is int:  # an array leaf: an index into the leaf records
-            self.order.append(node)
-            try:
-                return self.leaves[node]
-            except IndexError:
+            if not 0 <= node < len(self.leaves):
                 raise HeaderError(
-                    f"{where or 'the root'}: leaf index {node} is out of range"
-                ) from None
+                    f"{where or 'the root'}: leaf index {node} is out of range: the file has "
+                    f"{len(self.leaves)} leaf records"
+                )
+            self.order.append(node)
+            return self.leaves[node]
         return self.build(node, where)
 
-    def children(self, nodes: Any, where: str, keys: Sequence[Any] | None = None) -> list[Any]:
-        """A node's children, named in errors by `keys` (a mapping's) or else by index."""
+    def children(
+        self, nodes: Any, where: str, key: Callable[[int], str] = lambda i: f"[{i}]"
+    ) -> list[Any]:
+        """A node's children; child `i` is at key path `where + key(i)` (called only for errors)."""
         leaves, order, count = self.leaves, self.order, len(self.leaves)
         out = []
         for i, node in enumerate(_seq(nodes)):
@@ -262,8 +276,7 @@ class _Builder:
                 order.append(node)
                 out.append(leaves[node])
             else:
-                label = i if keys is None else repr(keys[i])
-                out.append(self.child(node, f"{where}[{label}]"))
+                out.append(self.child(node, where + key(i)))
         return out
 
     def build(self, node: Any, where: str) -> Any:
@@ -291,9 +304,13 @@ class _Builder:
             if tag == "namedtuple":
                 cls = _registry.resolve(node["cls"], self.allow, where)
                 if not (isinstance(cls, type) and issubclass(cls, tuple)):
-                    raise HeaderError(f"{where}: {node['cls']!r} is not a namedtuple class")
-                _check_keys(node, list(getattr(cls, "_fields", ())), where)
-                return cls(*self.children(node["c"], where))
+                    raise HeaderError(
+                        f"{where or 'the root'}: {node['cls']!r} is not a namedtuple class"
+                    )
+                fields = list(getattr(cls, "_fields", ()))
+                _check_keys(node, fields, where)
+                key = functools.partial(_field_key, fields)
+                return cls(*self.children(node["c"], where, key))
         except (KeyError, TypeError, AttributeError) as err:
             raise HeaderError(f"{where or 'the root'}: malformed tree node: {err!r}") from None
         raise HeaderError(f"{where or 'the root'}: unknown tree node type {tag!r}")
@@ -302,9 +319,11 @@ class _Builder:
         """A dict-like node from `make(pairs)`; a repeated key (its leaves would vanish) is refused."""
         stored, children = _seq(node["k"]), _seq(node["c"])
         if len(stored) != len(children):
-            raise HeaderError(f"{where}: {len(stored)} keys but {len(children)} children")
+            raise HeaderError(
+                f"{where or 'the root'}: {len(stored)} keys but {len(children)} children"
+            )
         keys = [_static.decode(key, self.allow, where) for key in stored]
-        mapping = make(zip(keys, self.children(children, where, keys)))
+        mapping = make(zip(keys, self.children(children, where, lambda i: f"[{keys[i]!r}]")))
         if len(mapping) != len(keys):
             raise HeaderError(
                 f"{where or 'the root'}: a {node['t']} node repeats a key "
@@ -314,8 +333,15 @@ class _Builder:
 
     def custom(self, node: dict[str, Any], where: str) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
+        if cls in _BUILTIN_NODES or (isinstance(cls, type) and issubclass(cls, tuple)):
+            # jaxlib rebuilds these in C++ from the aux data without checking it against the
+            # children (a dict with fewer keys than children crashed the process).
+            raise HeaderError(
+                f"{where or 'the root'}: a 'node' of class {node['cls']}: builtin containers and "
+                "namedtuples have node types of their own (FORMAT.md section 4)"
+            )
         aux = _static.decode(node["aux"], self.allow, where)
-        children = self.children(node["c"], where)
+        children = self.children(node["c"], where, functools.partial(_saved_key, node))
         try:
             treedef = jtu.PyTreeDef.from_node_data_and_children(
                 default_registry, (cls, aux), [_LEAF_TREEDEF] * len(children)
@@ -331,6 +357,18 @@ class _Builder:
         if "keys" in node:
             _check_keys(node, _child_keys(cls, obj), where)
         return obj
+
+
+def _field_key(fields: list[str], i: int) -> str:
+    """The key string of a namedtuple's field `i`, else `[i]`."""
+    return f".{fields[i]}" if i < len(fields) else f"[{i}]"
+
+
+def _saved_key(node: dict[str, Any], i: int) -> str:
+    """The key string of child `i` of a `node` as the file records it, else `[i]`."""
+    saved = node.get("keys")
+    key = saved[i] if isinstance(saved, list) and i < len(saved) else None
+    return key if isinstance(key, str) else f"[{i}]"
 
 
 def _child_keys(cls: type, obj: Any) -> list[str]:

@@ -289,12 +289,14 @@ impl FileHeader {
                 .and_then(|(s, e)| data.get(s..e))
                 .ok_or_else(|| raise("LayoutError", format!("leaf {i}: bytes outside the file")))?;
             let t = self.which[i];
-            // numpy refuses a shape whose dimensions multiply (zeros included, in order) past
-            // isize, even with no elements; say so here, as an eqx_msg error.
+            // numpy refuses a shape whose nonzero dimensions times the item size pass isize,
+            // even with no elements (a zero dimension does not excuse the others); say so here,
+            // as an eqx_msg error.
             let itemsize = dtypes[t].itemsize() as u64;
             let fits_numpy = leaf
                 .shape
                 .iter()
+                .filter(|&&d| d != 0)
                 .try_fold(itemsize.max(1), |acc, &d| acc.checked_mul(d))
                 .is_some_and(|size| size <= isize::MAX as u64);
             if !fits_numpy {
