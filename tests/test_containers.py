@@ -100,9 +100,18 @@ def test_metadata_with_tuple_keys_reads_back_with_tuple_keys(tmp_path):
         assert reader.header.metadata == reader.metadata
 
 
-def test_metadata_that_is_not_msgpack_is_refused():
-    with pytest.raises(eqx_msg.UnserialisableError, match="metadata"):
+def test_metadata_that_is_not_msgpack_is_refused_naming_where():
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"^metadata\['bad'\]: "):
         eqx_msg.dumps({"w": np.ones(2)}, metadata={"bad": object()})
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"^metadata\['a'\]\[1\]: .*ndarray"):
+        eqx_msg.dumps({}, metadata={"ok": 1, "a": [2, np.ones(3)]})  # arrays belong in the tree
+
+
+def test_numpy_and_jax_scalars_in_metadata_are_stored_as_numbers():
+    metadata = {"loss": jnp.float32(0.5), "step": np.int64(7), "done": np.bool_(True)}
+    stored = eqx_msg.header(eqx_msg.dumps({}, metadata=metadata)).metadata
+    assert stored == {"loss": 0.5, "step": 7, "done": True}
+    assert [type(v) for v in stored.values()] == [float, int, bool]
 
 
 def test_loads_refuses_a_non_contiguous_buffer_with_a_type_error():

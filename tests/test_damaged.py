@@ -132,6 +132,14 @@ def test_depth_bomb_is_refused():
         ({"t": "value", "v": {"$": "ref", "v": "builtins.eval"}}, eqx_msg.UnknownTypeError),
         ({"t": "value", "v": {"$": "ref", "v": "numpy.load"}}, eqx_msg.UnknownTypeError),
         ({"t": "value", "v": {"$": "nope"}}, eqx_msg.HeaderError),
+        ({"t": "value", "v": {"$": "enum", "cls": "builtins.int", "v": "A"}}, eqx_msg.HeaderError),
+        (
+            {
+                "t": "value",
+                "v": {"$": "numpy_scalar", "dtype": "int8", "shape": [2], "data": b"ab"},
+            },
+            eqx_msg.HeaderError,
+        ),
         ([1, 2], eqx_msg.HeaderError),
     ],
     ids=[
@@ -145,6 +153,8 @@ def test_depth_bomb_is_refused():
         "eval",
         "numpy-load",
         "unknown-tag",
+        "enum-of-a-non-enum",
+        "numpy-scalar-not-0-d",
         "not-a-map",
     ],
 )

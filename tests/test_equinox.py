@@ -1,7 +1,9 @@
 """Every eqx.nn layer, user Modules with static fields, functions and optax states round-trip."""
 
 import dataclasses
+import enum
 import functools
+import math
 
 import equinox as eqx
 import jax
@@ -119,6 +121,37 @@ def test_user_module_static_fields(roundtrip):
     assert loaded.name == "blk"
 
 
+class Act(enum.Enum):
+    RELU = "relu"
+    GELU = "gelu"
+
+
+class Mode(enum.IntEnum):
+    TRAIN = 1
+    EVAL = 2
+
+
+class Configured(eqx.Module):
+    w: jax.Array
+    act: Act = eqx.field(static=True)
+    mode: Mode = eqx.field(static=True)
+    eps: np.float32 = eqx.field(static=True)
+    scale: object = eqx.field(static=True)
+
+
+@pytest.mark.filterwarnings("ignore:A JAX array is being set as static")  # (numpy scalars too)
+def test_enum_members_and_numpy_scalars_as_static_fields(roundtrip):
+    model = Configured(jnp.ones(2), Act.GELU, Mode.EVAL, np.float32(1e-5), np.int8(3))
+    data = eqx_msg.dumps(model)
+    with pytest.raises(eqx_msg.UnknownTypeError, match="Act"):
+        eqx_msg.loads(data, allow=[Configured])  # an Enum class resolves like any class
+    loaded = roundtrip(model, allow=[Configured, Act, Mode])
+    assert loaded.act is Act.GELU and loaded.mode is Mode.EVAL
+    assert type(loaded.eps) is np.float32 and loaded.eps == np.float32(1e-5)
+    clip = functools.partial(jnp.clip, max=np.int8(3))  # numpy scalars in a partial's arguments
+    assert type(eqx_msg.loads(eqx_msg.dumps({"f": clip}))["f"].keywords["max"]) is np.int8
+
+
 def test_user_module_rebuilt_without_init(roundtrip):
     eqx_msg.register(Counted)
     model = Counted(jnp.ones(2))
@@ -142,6 +175,11 @@ def test_unregistered_user_class_needs_allow():
         jax.nn.gelu,
         jax.nn.softplus,
         eqx.nn.MLP(1, 1, 1, 1, key=K1).final_activation,
+        jax.image.resize,
+        jax.scipy.stats.norm.logpdf,
+        jax.scipy.linalg.expm,
+        math.tanh,
+        abs,
     ],
 )
 def test_functions_as_static_fields_and_leaves(fn, roundtrip):

@@ -178,6 +178,9 @@ def test_reader_lazy_access(tmp_path):
         assert isinstance(header, eqx_msg.Header) and header.leaves[0].path == reader.keys()[0]
         with pytest.raises(eqx_msg.KeyPathError, match="weigth"):
             reader["['decoder'].weigth"]
+        for not_an_array in ("['decoder']", "['step']", "['encoder'].activation"):
+            with pytest.raises(eqx_msg.KeyPathError, match="not an array leaf but a container"):
+                reader[not_an_array]
     for read in (
         lambda: reader["['table']"],
         lambda: reader.get("['decoder'].weight"),

@@ -114,12 +114,18 @@ def test_seeded_registry_holds_the_trusted_namespaces_only():
     assert names["jax._src.nn.functions.relu"] is jax.nn.relu
     assert names["equinox.nn._linear.Linear"] is eqx.nn.Linear
     for denied in ["builtins.eval", "builtins.exec", "builtins.open", "numpy.load", "numpy.save",
-                   "numpy.memmap", "numpy.fromfile", "os.system", "subprocess.run"]:  # fmt: skip
+                   "numpy.memmap", "numpy.fromfile", "os.system", "subprocess.run",
+                   "builtins.getattr", "builtins.setattr", "builtins.__import__", "builtins.print",
+                   "builtins.compile", "builtins.input", "builtins.vars"]:  # fmt: skip
         assert denied not in names, denied
     registered = {name for _, name in _registry._user_names.values()}  # what tests registered
     seeded = set(names) - registered
     assert all(n.split(".")[0] in {"jax", "jaxlib", "numpy", "ml_dtypes", "equinox", "optax",
-                                   "builtins", "collections"} for n in seeded)  # fmt: skip
+                                   "builtins", "collections", "math"} for n in seeded)  # fmt: skip
+    functions = {n for n in seeded if n.startswith("builtins.") and not isinstance(names[n], type)}
+    assert functions == {"builtins.abs", "builtins.min", "builtins.max", "builtins.sum",
+                         "builtins.round", "builtins.pow", "builtins.divmod", "builtins.all",
+                         "builtins.any", "builtins.len"}  # fmt: skip
 
 
 def test_dtypes_and_scalar_types_in_static_fields(roundtrip):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import equinox
@@ -76,12 +76,48 @@ def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
         "writer": WRITER,
     }
     try:
-        encoded = msgpack.packb(header, use_bin_type=True)
+        encoded = msgpack.packb(header, use_bin_type=True, default=_metadata_scalar)
     except (TypeError, ValueError, OverflowError) as err:
         raise UnserialisableError(
-            f"metadata= must be msgpack data (dict, list, str, bytes, numbers, bool, None): {err}"
+            f"{_metadata_problem(metadata, 'metadata') or 'metadata='}: metadata must be msgpack "
+            f"data (dict, list, str, bytes, numbers, bool, None; real numpy and jax scalars "
+            f"become numbers): {err}"
         ) from None
     return Plan(encoded, flat.records, flat.sources, data_nbytes)
+
+
+def _metadata_scalar(value: Any) -> Any:
+    """msgpack's hook for what it cannot store: a numpy or 0-d jax scalar in metadata, as a number."""
+    if isinstance(value, np.generic | jax.Array) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return value.item()
+    raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__qualname__}")
+
+
+def _metadata_problem(value: Any, where: str, depth: int = 0) -> str | None:
+    """The key path of the first value in `metadata` that msgpack cannot store (on failure only)."""
+    items: Iterable[tuple[Any, Any]]
+    if depth > _core.MAX_DEPTH:
+        return f"{where} (nested past the header's limit)"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        try:
+            msgpack.packb(value, use_bin_type=True, default=_metadata_scalar)
+            return None
+        except (TypeError, ValueError, OverflowError):
+            return where
+    for key, item in items:
+        found = (
+            _metadata_problem(key, f"{where} key {key!r}", depth + 1)
+            if isinstance(value, dict)
+            else None
+        )
+        found = found or _metadata_problem(item, f"{where}[{key!r}]", depth + 1)
+        if found:
+            return found
+    return None
 
 
 def as_bytes_array(data: Any, *, writable: bool = False) -> np.ndarray:

@@ -414,6 +414,12 @@ class Reader:
 
     def _record(self, key: str) -> dict[str, Any]:
         record = self._find(key)
+        if record is None and key in self._subtree_paths()[0]:
+            raise KeyPathError(
+                f"{key!r} in {self.path} is not an array leaf but a container or a value stored in "
+                "the header (a number, string, function, None): reader.abstract() shows it, and "
+                "reader.load(filter=...) loads it"
+            )
         if record is None:
             close = [k for k in self.keys() if key in k or k in key][:5]
             raise KeyPathError(

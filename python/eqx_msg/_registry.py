@@ -30,7 +30,11 @@ _SEED_NAMESPACES = (
     "jax", "jax.nn", "jax.nn.initializers", "jax.numpy", "jax.numpy.linalg", "jax.numpy.fft",
     "jax.lax", "jax.random", "jax.scipy.special", "jax.tree_util", "jax.sharding", "jax.dtypes",
     "numpy", "ml_dtypes", "equinox", "equinox.nn", "optax", "optax.schedules", "optax.losses",
-    "optax.contrib",
+    "optax.contrib", "jax.image", "jax.scipy.linalg", "jax.scipy.signal", "jax.scipy.stats.norm",
+    "jax.scipy.stats.multivariate_normal", "jax.scipy.stats.t", "jax.scipy.stats.beta",
+    "jax.scipy.stats.gamma", "jax.scipy.stats.logistic", "jax.scipy.stats.laplace",
+    "jax.scipy.stats.cauchy", "jax.scipy.stats.expon", "jax.scipy.stats.uniform",
+    "jax.scipy.stats.poisson", "jax.scipy.stats.bernoulli", "jax.scipy.stats.truncnorm", "math",
 )  # fmt: skip
 # Packages whose already-imported modules are also walked, private ones included (optax states,
 # equinox's private helpers such as the MLP's default identity).
@@ -46,9 +50,11 @@ _DENIED = re.compile(
     r"|^equinox\.internal\.|(^|\.)info$",  # numpy.info imports the module a string names
     re.IGNORECASE,
 )
+# Builtin classes, and builtin functions without side effects: in the registry from the start.
 _BUILTINS = (
     int, float, complex, bool, str, bytes, list, tuple, dict, set, frozenset, slice, type(None), object,
     collections.OrderedDict, collections.defaultdict, collections.deque,
+    abs, min, max, sum, round, pow, divmod, all, any, len,
 )  # fmt: skip
 
 _PUBLIC_PACKAGES = frozenset(namespace.partition(".")[0] for namespace in _SEED_NAMESPACES)
@@ -276,8 +282,6 @@ def _seed() -> None:
     if _seeded:
         return
     _seeded = True
-    for obj in _BUILTINS:
-        _by_name.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
     for namespace in _SEED_NAMESPACES:
         module = sys.modules.get(namespace)
         if module is None:
@@ -319,6 +323,12 @@ def _private_ok(module_name: str, obj: Any) -> bool:
     return isinstance(obj, type) or _is_lambda(obj) or module_name.startswith("equinox.nn._")
 
 
+def _add_builtins() -> None:
+    """Builtin classes and pure builtin functions, under `builtins.name` (or `collections.name`)."""
+    for obj in _BUILTINS:
+        _by_name.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
+
+
 def _add_singletons() -> None:
     """Objects compared by identity inside Equinox's flatten data, stored by name."""
     treedef = jax.tree_util.tree_structure(eqx.nn.Identity())
@@ -334,7 +344,9 @@ def user_name(obj: Any) -> str | None:
     return entry[1] if entry is not None and entry[0] is obj else None
 
 
-_TRUSTED = tuple(f"{p}." for p in ("jax", "jaxlib", "numpy", "ml_dtypes", "equinox", "optax")) + (
+_TRUSTED = tuple(
+    f"{p}." for p in ("jax", "jaxlib", "numpy", "ml_dtypes", "equinox", "optax", "math")
+) + (
     "builtins.",
     "collections.",
 )
@@ -342,4 +354,5 @@ _MISSING = object()
 
 __all__ = ["allow_map", "canonical_name", "name_of", "register", "resolve", "user_name"]
 
+_add_builtins()
 _add_singletons()

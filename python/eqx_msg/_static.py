@@ -8,6 +8,7 @@ registry when decoding.
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +40,10 @@ def encode(value: Any, where: str, level: int) -> Any:
     named = _registry.user_name(value)
     if named is not None:
         return {"$": "ref", "v": named}
+    if isinstance(value, enum.Enum):
+        return {"$": "enum", "cls": _registry.name_of(kind, where), "v": value.name}
+    if isinstance(value, np.generic):
+        return {**_encode_small_array(np.asarray(value), where), "$": "numpy_scalar"}
     # The tagged maps below hold their items in an array one level down.
     if kind is list:
         _room(level + 1, where)
@@ -80,8 +85,9 @@ def encode(value: Any, where: str, level: int) -> Any:
     )
     raise UnserialisableError(
         f"{where or 'the root'}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
-        f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, tuples, "
-        "lists, dicts, sets, numpy dtypes, functools.partial, and module-level functions and classes; "
+        f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, numpy "
+        "scalars and dtypes, tuples, lists, dicts, sets, functools.partial, enum members, and "
+        "module-level functions and classes; "
         "a sentinel object can be stored by name after eqx_msg.register(obj, name=...)." + hint
     )
 
@@ -135,6 +141,16 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             return functools.partial(func, *args, **keywords)
         if tag == "ndarray":
             return _decode_small_array(data, where)
+        if tag == "numpy_scalar":
+            array = _decode_small_array(data, where)
+            if array.shape != ():
+                raise HeaderError(f"{where or 'the root'}: a numpy_scalar of shape {array.shape}")
+            return array[()]
+        if tag == "enum":
+            cls = _registry.resolve(_str(data["cls"]), allow, where)
+            if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+                raise HeaderError(f"{where or 'the root'}: {data['cls']} is not an Enum class")
+            return cls[_str(data["v"])]
         if tag == "new":
             cls = _registry.resolve(_str(data["cls"]), allow, where)
             if cls not in _PLACEHOLDERS:
