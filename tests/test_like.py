@@ -1,5 +1,7 @@
 """like=: the structure comes from a given pytree; every mismatch is reported by key path."""
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -110,3 +112,24 @@ def test_namedtuple_fields_that_changed_are_refused():
     with pytest.raises(eqx_msg.StructureMismatchError, match="'lr', 'count'"):
         eqx_msg.loads(data, allow={"tests.State": New})
     assert type(eqx_msg.loads(data)["state"]) is Old
+
+
+def test_like_warns_when_its_static_fields_differ_from_the_files():
+    data = eqx_msg.dumps(
+        {"norm": eqx.nn.LayerNorm(4, eps=1e-2), "mlp": eqx.nn.MLP(2, 2, 4, 1, key=KEY)}
+    )
+    same = {"norm": eqx.nn.LayerNorm(4, eps=1e-2), "mlp": eqx.nn.MLP(2, 2, 4, 1, key=KEY)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same statics: silent
+        eqx_msg.loads(data, like=same)
+        eqx_msg.loads(data, like=eqx.filter_eval_shape(lambda: same))
+    other = {
+        "norm": eqx.nn.LayerNorm(4),
+        "mlp": eqx.nn.MLP(2, 2, 4, 1, activation=jnp.tanh, key=KEY),
+    }
+    with pytest.warns(
+        UserWarning, match=r"static fields .* of \['norm'\] \(equinox.nn.LayerNorm\);"
+    ):
+        loaded = eqx_msg.loads(data, like=other)
+    assert loaded["norm"].eps == 1e-5  # like='s, as documented; the warning says so
+    assert loaded["mlp"].activation is jax.nn.relu  # a field, not static: a leaf, from the file

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -322,6 +323,14 @@ def match_like(
     if problems:
         raise StructureMismatchError(
             f"the file does not match like= ({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+    differ = _tree.static_differences(treedef, tree)
+    if differ:
+        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        warnings.warn(
+            f"like= and the file differ in the static fields (hyperparameters such as a norm's eps) "
+            f"of {shown}; the loaded tree has like='s: load without like= for the file's",
+            stacklevel=4,
         )
     return jtu.tree_unflatten(treedef, out)
 

@@ -24,6 +24,7 @@ from jax._src.tree_util import default_registry
 from . import _core, _dtypes, _place, _registry, _static
 from ._errors import (
     DTypeError,
+    EqxMsgError,
     HeaderError,
     LimitError,
     StructureMismatchError,
@@ -400,17 +401,18 @@ def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
         )
 
 
-def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
-    """The key path of every node of a header tree (containers and leaves), and the paths of the
-    nodes whose children's keys the file does not record (written before nodes had `keys`)."""
-    known: set[str] = set()
-    opaque: list[str] = []
+def walk(node: Any) -> Iterator[tuple[str, Any, bool]]:
+    """Every node of a header tree with its key path, and whether its children are unnamed.
+
+    A node whose children's keys the file does not record (written before nodes had `keys`), or
+    whose dict keys do not decode without the registry, is yielded with `True`, not descended into.
+    """
     stack: list[tuple[Any, str]] = [(node, "")]
     while stack:
         node, path = stack.pop()
-        known.add(path)
         if not isinstance(node, dict):
-            continue  # an array leaf
+            yield path, node, False  # an array leaf
+            continue
         tag, children = node.get("t"), node.get("c", [])
         if tag in ("list", "tuple"):
             stack.extend((child, f"{path}[{i}]") for i, child in enumerate(children))
@@ -418,17 +420,106 @@ def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
             try:
                 keys = [_static.decode(key, {}, path) for key in node.get("k", [])]
             except (HeaderError, UnknownTypeError):
-                opaque.append(path)
+                yield path, node, True
                 continue
             stack.extend((child, f"{path}[{key!r}]") for key, child in zip(keys, children))
         elif tag in ("namedtuple", "node"):
             names = node.get("keys")
             if not isinstance(names, list) or len(names) != len(children):
-                opaque.append(path)
+                yield path, node, True
                 continue
             dot = "." if tag == "namedtuple" else ""
             stack.extend((child, f"{path}{dot}{name}") for name, child in zip(names, children))
+        yield path, node, False
+
+
+def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
+    """The key path of every node of a header tree (containers and leaves), and the paths of the
+    nodes whose children's keys the file does not record (written before nodes had `keys`)."""
+    known: set[str] = set()
+    opaque: list[str] = []
+    for path, _, unnamed in walk(node):
+        known.add(path)
+        if unnamed:
+            opaque.append(path)
     return known, opaque
+
+
+def static_differences(treedef: Any, node: Any) -> list[str]:
+    """Where a header tree's `node` nodes hold other flatten data than `treedef` (like='s) does.
+
+    The two are walked together, so each node is compared with the one at the same key path.
+    A subtree that does not correspond node for node (another class, a class with changed
+    fields: like= matched its leaves by key path) is not compared.
+    """
+    differ: list[str] = []
+    class_names: dict[type, str | None] = {}
+    encoded: dict[Any, Any] = {}  # per (hashable) flatten data: many nodes share theirs
+    stack: list[tuple[Any, Any, str]] = [(treedef, node, "")]
+    while stack:
+        treedef, node, path = stack.pop()
+        data = treedef.node_data()
+        if data is None or not isinstance(node, dict):
+            continue  # a leaf on either side
+        cls, aux = data
+        children, tag, stored = treedef.children(), node.get("t"), node.get("c")
+        if not isinstance(stored, list):
+            continue
+        pairs: Iterable[tuple[Any, Any, str]]
+        if tag == "node":
+            keys = node.get("keys")
+            if cls not in class_names:
+                class_names[cls] = _stored_class(cls)
+            if class_names[cls] != node.get("cls") or not isinstance(keys, list):
+                continue
+            try:
+                mine = (
+                    encoded[aux] if aux in encoded else encoded.setdefault(aux, _encoded_aux(aux))
+                )
+            except TypeError:  # unhashable
+                mine = _encoded_aux(aux)
+            if mine != node.get("aux"):
+                differ.append(f"{path or 'the root'} ({node.get('cls')})")
+            pairs = zip(children, stored, (path + str(k) for k in keys))
+        elif tag in ("list", "tuple") and tag == cls.__name__:
+            pairs = zip(children, stored, (f"{path}[{i}]" for i in range(len(stored))))
+        elif tag in ("dict", "ordereddict", "defaultdict") and cls in _BUILTIN_NODES:
+            try:
+                by_key = {_static.decode(k, {}, path): c for k, c in zip(node.get("k", []), stored)}
+            except (HeaderError, UnknownTypeError, TypeError):
+                continue
+            names = aux[1] if cls is collections.defaultdict else aux
+            pairs = (
+                (t, by_key[k], f"{path}[{k!r}]") for t, k in zip(children, names) if k in by_key
+            )
+            stack.extend(pairs)
+            continue
+        elif tag == "namedtuple" and _stored_class(cls) == node.get("cls"):
+            pairs = zip(children, stored, (f"{path}.{f}" for f in getattr(cls, "_fields", ())))
+        else:
+            continue
+        if len(children) == len(stored):
+            stack.extend(pairs)
+    return sorted(differ)
+
+
+def _stored_class(cls: type) -> str | None:
+    """The name a class is stored under, or None if it has none."""
+    try:
+        return _registry.name_of(cls, "")
+    except UnserialisableError:
+        return None
+
+
+def _encoded_aux(aux: Any) -> Any:
+    """Flatten data encoded as the header stores it (`_MISSING` if it cannot be)."""
+    try:
+        return _static.encode(aux, "", 3)
+    except EqxMsgError:
+        return _MISSING
+
+
+_MISSING = object()
 
 
 def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
