@@ -11,6 +11,8 @@ import numpy as np
 
 import eqx_msg
 
+from conftest import frame
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "docs" / "header.schema.json"
 
@@ -64,3 +66,11 @@ def test_header_model_is_typed():
     assert header.leaves[0].kind == "jax" and header.leaves[0].shape == [2, 2]
     assert header.metadata == [1, 2]
     assert header.keys() == ["['w']"]
+
+
+def test_writer_values_of_any_type_are_read():
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 0, "leaves": [],
+              "tree": {"t": "none"}, "writer": {"eqx_msg": "9.9", "build": 7, "flags": [1]}}  # fmt: skip
+    data = frame(header, b"")
+    assert eqx_msg.header(data).writer == {"eqx_msg": "9.9", "build": 7, "flags": [1]}
+    assert eqx_msg.loads(data) is None

@@ -412,9 +412,10 @@ def loads(data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = Fals
 
     **Arguments:**
     - `data`: the bytes of a file written by `dumps` or `save`.
-    - `like`: optional pytree (or `eqx.filter_eval_shape` skeleton) whose structure to use; every
-      missing or extra key path and every shape or dtype mismatch is reported in one
-      `StructureMismatchError`.
+    - `like`: optional pytree (or `eqx.filter_eval_shape` skeleton) whose structure and static
+      fields to use (a warning names the nodes whose static fields differ from the file's); leaves
+      are matched by key path, and every missing or extra key path and every shape or dtype mismatch
+      is reported in one `StructureMismatchError`.
     - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
     - `as_numpy`: every array leaf as a read-only numpy view, jax leaves included (typed PRNG keys
       stay jax key arrays: numpy has none); nothing goes to a device.

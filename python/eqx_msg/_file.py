@@ -247,7 +247,8 @@ def load(
       (typed PRNG keys stay jax key arrays: numpy has none); nothing goes to a device.
 
     **Returns:** the pytree. numpy leaves are read-only views into the map, which stays open while any
-    array uses it.
+    array uses it. Replace the file only with `save` (a rename) while they are in use: writing into
+    it in place (`cp`, truncation) changes them, or ends the process with SIGBUS.
     """
     with open(path) as reader:
         return reader.load(

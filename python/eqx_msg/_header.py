@@ -148,7 +148,9 @@ class Header(_Model):
     leaves: list[LeafSpec]
     tree: Node
     metadata: Any = None
-    writer: dict[str, str] = {}
+    writer: dict[str, Any] = Field(
+        default={}, description="software versions; eqx_msg writes str values, readers take any"
+    )
 
     def keys(self) -> list[str]:
         """The key paths of the array leaves, in record order."""
