@@ -154,7 +154,7 @@ class _Flattener:
             "t": "node",
             "cls": _registry.name_of(cls, path),
             "aux": _static.encode(
-                aux, f"{path} (flatten data of {cls.__qualname__})", self.level + 1
+                aux, f"{path or 'the root'} (flatten data of {cls.__qualname__})", self.level + 1
             ),
             "keys": keys,
             "c": self.descend(
