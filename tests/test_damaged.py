@@ -136,6 +136,18 @@ def test_depth_bomb_is_refused():
         (
             {
                 "t": "value",
+                "v": {
+                    "$": "partial",
+                    "f": {"$": "ref", "v": "jax.nn.relu"},
+                    "args": [],
+                    "kw": {"$": "dict", "k": [1], "v": [2]},
+                },
+            },
+            eqx_msg.HeaderError,
+        ),
+        (
+            {
+                "t": "value",
                 "v": {"$": "numpy_scalar", "dtype": "int8", "shape": [2], "data": b"ab"},
             },
             eqx_msg.HeaderError,
@@ -154,6 +166,7 @@ def test_depth_bomb_is_refused():
         "numpy-load",
         "unknown-tag",
         "enum-of-a-non-enum",
+        "partial-keyword-not-a-name",
         "numpy-scalar-not-0-d",
         "not-a-map",
     ],

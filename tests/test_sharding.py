@@ -15,6 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 import eqx_msg
 
+from conftest import frame
+
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (host) devices")
 
 
@@ -138,3 +140,47 @@ def test_key_arrays_record_and_restore_their_sharding(tmp_path):
     loaded = eqx_msg.load(path, sharding="saved")["keys"]
     assert loaded.sharding == keys.sharding
     assert jnp.array_equal(jax.random.key_data(loaded), jax.random.key_data(keys))
+
+
+GOOD_RECORD = {"mesh_axes": ["x", "y"], "mesh_shape": [4, 2], "device_ids": list(range(8)),
+               "spec": ["x", None], "memory_kind": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"mesh_shape": [0]}, "malformed sharding record"),  # an empty mesh aborted jaxlib
+        ({"mesh_shape": [0, 0], "device_ids": []}, "malformed sharding record"),
+        ({"mesh_axes": ["x", "x"]}, "malformed sharding record"),
+        ({"mesh_axes": ["x"]}, "malformed sharding record"),
+        ({"device_ids": [0] * 8}, "malformed sharding record"),
+        ({"device_ids": [0, 1]}, "malformed sharding record"),
+        ({"spec": ["z"]}, "malformed sharding record"),
+        ({"spec": ["x", "x"]}, "malformed sharding record"),
+        ({"spec": [1]}, "malformed sharding record"),
+        ({"mesh_axes": None}, "malformed sharding record"),
+        ({"spec": ["x", None, None]}, "does not split shape"),  # longer than the array's rank
+        (
+            {"mesh_shape": [8, 1], "spec": [None, "x"]},
+            "does not split shape",
+        ),  # 8 over 8 columns: fine
+        ({"spec": [None, "x"]}, "does not split shape"),  # 4 shards of 6 columns
+        ({"memory_kind": "bogus"}, "does not fit here"),
+        ({"memory_kind": 1}, "malformed sharding record"),
+    ],
+)
+def test_a_malformed_saved_sharding_is_a_sharding_error(edit, match, tmp_path):
+    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
+              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
+              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
+    path = tmp_path / "bad.eqx"
+    path.write_bytes(frame(header, bytes(192)))
+    assert eqx_msg.load(path)["w"].shape == (8, 6)  # the record is used only for sharding="saved"
+    with pytest.raises(eqx_msg.ShardingError, match=match):
+        eqx_msg.load(path, sharding="saved")
+    with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.ShardingError, match=match):
+        reader.get("['w']", sharding="saved")
+    if match == "malformed sharding record":  # the header model checks the record on its own
+        with pytest.raises(eqx_msg.HeaderError, match="sharding"):
+            eqx_msg.header(path)

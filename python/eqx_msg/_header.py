@@ -7,9 +7,10 @@ check the shapes and types of the fields, and give readers a typed view of a fil
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 FORMAT_NAME = "eqx_msg"
 LeafKind = Literal["numpy", "numpy_scalar", "jax", "key", "abstract"]
@@ -24,10 +25,27 @@ class ShardingSpec(_Model):
     """How a jax.Array was laid out over devices when saved (a `NamedSharding`)."""
 
     mesh_axes: list[str]
-    mesh_shape: list[NonNegativeInt]
+    mesh_shape: list[PositiveInt]
     device_ids: list[int]
     spec: list[str | list[str] | None]
     memory_kind: str | None = None
+
+    @model_validator(mode="after")
+    def _a_mesh(self) -> ShardingSpec:
+        """A mesh of distinct axes and devices, and a spec that names each of its axes at most once."""
+        axes, sizes, ids = self.mesh_axes, self.mesh_shape, self.device_ids
+        if len(set(axes)) != len(axes) or len(sizes) != len(axes):
+            raise ValueError(f"mesh_axes {axes} must be distinct, one per mesh_shape entry {sizes}")
+        if len(set(ids)) != len(ids) or len(ids) != math.prod(sizes):
+            raise ValueError(
+                f"device_ids must be {math.prod(sizes)} distinct ids, one per mesh place"
+            )
+        used = [
+            a for entry in self.spec for a in ([entry] if isinstance(entry, str) else entry or [])
+        ]
+        if len(set(used)) != len(used) or not set(used) <= set(axes):
+            raise ValueError(f"spec {self.spec} must name mesh axes of {axes}, each at most once")
+        return self
 
 
 class LeafSpec(_Model):

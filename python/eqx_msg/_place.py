@@ -11,14 +11,18 @@ accelerators.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+import pydantic
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from ._errors import ShardingError
+from ._header import ShardingSpec
 
 try:  # private, but the cheapest array construction JAX has; guarded so a jax upgrade only slows us
     from jax._src import core as _jax_core
@@ -132,23 +136,43 @@ def sharding_record(array: jax.Array) -> dict[str, Any] | None:
     }
 
 
-def saved_sharding(record: dict[str, Any], path: str) -> NamedSharding | None:
-    """Rebuild the `NamedSharding` a leaf was saved with; `ShardingError` if the devices differ."""
-    info = record.get("sharding")
-    if info is None:
+def saved_sharding(
+    record: dict[str, Any], path: str, shape: tuple[int, ...]
+) -> NamedSharding | None:
+    """Rebuild the `NamedSharding` a leaf (of array `shape`) was saved with; `ShardingError` if the
+    devices differ or the record is malformed."""
+    if record.get("sharding") is None:
         return None
+    try:
+        info = ShardingSpec.model_validate(record["sharding"])
+    except pydantic.ValidationError as err:
+        problem = "; ".join(e["msg"] for e in err.errors()[:3])
+        raise ShardingError(f"{path or 'the root'}: malformed sharding record: {problem}") from None
+    size = dict(zip(info.mesh_axes, info.mesh_shape))
+    spec = [tuple(e) if isinstance(e, list) else e for e in info.spec]
+    for dim, entry in itertools.zip_longest(shape, spec):
+        parts = math.prod(size[a] for a in ([entry] if isinstance(entry, str) else entry or ()))
+        if dim is None or dim % parts:
+            raise ShardingError(
+                f"{path or 'the root'}: the saved spec {info.spec} does not split shape {shape} "
+                f"over the mesh {size}"
+            )
     devices = {d.id: d for d in jax.devices()}
-    missing = [i for i in info["device_ids"] if i not in devices]
+    missing = [i for i in info.device_ids if i not in devices]
     if missing:
         raise ShardingError(
-            f"{path}: saved on devices {info['device_ids']} (mesh {dict(zip(info['mesh_axes'], info['mesh_shape']))}), "
-            f"but devices {missing} are not present here ({len(devices)} devices). "
-            "Pass sharding= with a layout for these devices."
+            f"{path or 'the root'}: saved on devices {info.device_ids} (mesh {size}), but devices "
+            f"{missing} are not present here ({len(devices)} devices). Pass sharding= with a "
+            "layout for these devices."
         )
-    grid = np.array([devices[i] for i in info["device_ids"]], dtype=object)
-    mesh = Mesh(grid.reshape(info["mesh_shape"]), tuple(info["mesh_axes"]))
-    spec = PartitionSpec(*[tuple(e) if isinstance(e, list) else e for e in info["spec"]])
-    return NamedSharding(mesh, spec, memory_kind=info.get("memory_kind"))
+    grid = np.array([devices[i] for i in info.device_ids], dtype=object)
+    try:
+        mesh = Mesh(grid.reshape(info.mesh_shape), tuple(info.mesh_axes))
+        return NamedSharding(mesh, PartitionSpec(*spec), memory_kind=info.memory_kind)
+    except (ValueError, TypeError, RuntimeError) as err:  # e.g. a memory kind these devices lack
+        raise ShardingError(
+            f"{path or 'the root'}: the saved sharding does not fit here: {err}"
+        ) from None
 
 
 def resolve_shardings(
@@ -166,7 +190,7 @@ def resolve_shardings(
     if isinstance(sharding, str):
         if sharding != "saved":
             raise ShardingError(f"sharding={sharding!r}: the only string accepted is 'saved'")
-        return [saved_sharding(r, r["path"]) for r in records]
+        return [saved_sharding(r, r["path"], abstract(i).shape) for i, r in enumerate(records)]
     if callable(sharding):
         return [sharding(r["path"], abstract(i)) for i, r in enumerate(records)]
     by_path = {

@@ -136,8 +136,11 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             func = decode(data["f"], allow, where)
             args = decode(data["args"], allow, where)
             keywords = decode(data["kw"], allow, where)
-            if not callable(func) or not isinstance(keywords, dict):
-                raise HeaderError(f"{where or 'the root'}: malformed partial")
+            named = isinstance(keywords, dict) and all(isinstance(k, str) for k in keywords)
+            if not (callable(func) and named):
+                raise HeaderError(
+                    f"{where or 'the root'}: malformed partial: a function, and keywords by name"
+                )
             return functools.partial(func, *args, **keywords)
         if tag == "ndarray":
             return _decode_small_array(data, where)
