@@ -224,6 +224,22 @@ def test_a_jax_leaf_of_a_dtype_jax_lacks_is_a_dtype_error_and_reads_as_numpy(dty
     assert eqx_msg.loads(data, as_numpy=True)["w"].dtype.name == dtype
 
 
+@pytest.mark.parametrize(
+    "tree, kwargs",
+    [
+        ({"t": "dict", "k": None, "c": [0]}, {"filter": {"a": True}}),
+        ({"t": "list", "c": 0}, {"filter": {"a": True}}),
+        ({"t": "list", "c": [0, {"t": "value"}]}, {"like": [np.zeros(4, np.float32), 7]}),
+        ({"t": "list", "c": [0, {"t": "tuple", "c": None}]}, {"like": [np.zeros(4, np.float32)]}),
+    ],
+)
+def test_a_malformed_tree_is_a_header_error_with_like_or_filter_too(tree, kwargs, tmp_path):
+    path = tmp_path / "bad.eqx"
+    path.write_bytes(_frame(_header([_leaf(0, 16)], 64, tree=tree), bytes(64)))
+    with pytest.raises(eqx_msg.HeaderError):
+        eqx_msg.load(path, **kwargs)
+
+
 def test_a_header_without_tree_is_refused(tmp_path):
     header = _header([_leaf(0, 16)], 64)
     del header["tree"]

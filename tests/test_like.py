@@ -129,7 +129,19 @@ def test_like_warns_when_its_static_fields_differ_from_the_files():
     }
     with pytest.warns(
         UserWarning, match=r"static fields .* of \['norm'\] \(equinox.nn.LayerNorm\);"
-    ):
+    ) as caught:
         loaded = eqx_msg.loads(data, like=other)
+    assert caught[0].filename == __file__  # the caller's line, not eqx_msg's
     assert loaded["norm"].eps == 1e-5  # like='s, as documented; the warning says so
     assert loaded["mlp"].activation is jax.nn.relu  # a field, not static: a leaf, from the file
+
+
+def test_like_and_filter_that_jax_cannot_flatten_are_eqx_msg_errors(tmp_path):
+    tree = {1: np.ones(2), "a": np.zeros(1)}  # eqx_msg stores it; JAX cannot sort its keys
+    path = tmp_path / "m.eqx"
+    eqx_msg.save(path, tree)
+    assert list(eqx_msg.load(path)) == [1, "a"]
+    with pytest.raises(eqx_msg.StructureMismatchError, match="like= is not a pytree JAX can"):
+        eqx_msg.load(path, like=tree)
+    with pytest.raises(eqx_msg.KeyPathError, match="filter= is not a pytree JAX can"):
+        eqx_msg.load(path, filter={1: True, "a": False})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ from ._errors import (
     ShardingError,
     StructureMismatchError,
     UnserialisableError,
+    warn,
 )
 from ._header import FORMAT_NAME, Header, without_nil_optionals
 
@@ -303,7 +303,10 @@ def match_like(
     """Fill `like`'s structure with the file's leaves by key path; report every mismatch at once."""
     found: dict[str, Any] = dict(zip(paths, leaves))
     values = dict(_tree.value_paths(tree))
-    wanted, treedef = jtu.tree_flatten_with_path(like)
+    try:
+        wanted, treedef = jtu.tree_flatten_with_path(like)
+    except (ValueError, TypeError) as err:  # e.g. a dict whose keys JAX cannot sort
+        raise StructureMismatchError(f"like= is not a pytree JAX can flatten: {err}") from None
     problems: list[str] = []
     out: list[Any] = []
     for key_path, reference in wanted:
@@ -314,7 +317,7 @@ def match_like(
             if problem:
                 problems.append(f"{path}: {problem}")
         elif path in values:
-            leaf = _static.decode(values.pop(path)["v"], allow, path)
+            leaf = _static.decode(values.pop(path), allow, path)
         else:
             problems.append(f"{path}: in like= but not in the file")
             leaf = None
@@ -327,10 +330,9 @@ def match_like(
     differ = _tree.static_differences(treedef, tree)
     if differ:
         shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-        warnings.warn(
+        warn(
             f"like= and the file differ in the static fields (hyperparameters such as a norm's eps) "
-            f"of {shown}; the loaded tree has like='s: load without like= for the file's",
-            stacklevel=4,
+            f"of {shown}; the loaded tree has like='s: load without like= for the file's"
         )
     return jtu.tree_unflatten(treedef, out)
 

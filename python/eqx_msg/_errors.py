@@ -1,4 +1,20 @@
-"""The exceptions eqx_msg raises: one class per way things go wrong, all `ValueError`s."""
+"""The exceptions eqx_msg raises: one class per way things go wrong, all `ValueError`s; and `warn`."""
+
+import os
+import sys
+import types
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """`warnings.warn`, pointing at the first caller outside eqx_msg, whatever the entry point."""
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 2  # warn's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 class EqxMsgError(ValueError):

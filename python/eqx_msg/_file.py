@@ -284,6 +284,7 @@ class Reader:
         with _codec.gc_paused():
             self._file = _codec.File(_codec.as_bytes_array(self._map))
         self._header: Header | None = None
+        self._subtrees: tuple[set[str], list[str]] | None = None
         self._closed = False
 
     @property
@@ -407,7 +408,9 @@ class Reader:
 
     def _subtree_paths(self) -> tuple[set[str], list[str]]:
         """Key paths of every node of the tree, and those of nodes whose children are not named."""
-        return _tree.subtree_paths(_codec.decode_tree(self._file.header.tree()))
+        if self._subtrees is None:  # (first use only)
+            self._subtrees = _tree.subtree_paths(_codec.decode_tree(self._file.header.tree()))
+        return self._subtrees
 
     def _find(self, key: str) -> dict[str, Any] | None:
         """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
@@ -451,9 +454,13 @@ def _selector(
     key paths of the file's tree (`subtrees()`: every node's path, and those of nodes whose children
     are not named): else `KeyPathError`.
     """
-    if filter is None or callable(filter) and jtu.treedef_is_leaf(jtu.tree_structure(filter)):
+    try:
+        flat, treedef = jtu.tree_flatten_with_path(filter)
+    except (ValueError, TypeError) as err:  # e.g. a dict whose keys JAX cannot sort
+        raise KeyPathError(f"filter= is not a pytree JAX can flatten: {err}") from None
+    if filter is None or callable(filter) and jtu.treedef_is_leaf(treedef):
         return filter
-    prefixes = [(jtu.keystr(p), v) for p, v in jtu.tree_flatten_with_path(filter)[0]]
+    prefixes = [(jtu.keystr(p), v) for p, v in flat]
     wrong = [
         f"{prefix or 'the root'}: {value!r}"
         for prefix, value in prefixes

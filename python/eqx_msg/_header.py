@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 FORMAT_NAME = "eqx_msg"
 LeafKind = Literal["numpy", "numpy_scalar", "jax", "key", "abstract"]
@@ -25,8 +25,8 @@ class ShardingSpec(_Model):
     """How a jax.Array was laid out over devices when saved (a `NamedSharding`)."""
 
     mesh_axes: list[str]
-    mesh_shape: list[PositiveInt]
-    device_ids: list[int]
+    mesh_shape: list[Annotated[int, Field(strict=True, ge=1)]]
+    device_ids: list[Annotated[int, Field(strict=True)]]
     spec: list[str | list[str] | None]
     memory_kind: str | None = None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -11,7 +10,7 @@ import jax
 import numpy as np
 
 from . import _core, _dtypes, _place
-from ._errors import DTypeError, HeaderError, LayoutError
+from ._errors import DTypeError, HeaderError, LayoutError, warn
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
@@ -175,10 +174,9 @@ def build_leaves(
 def _warn_x64(indices: Sequence[int], paths: Callable[[], Sequence[str]] | None) -> None:
     names = paths() if paths is not None else None
     shown = [names[i] if names is not None else f"leaf {i}" for i in indices[:3]]
-    warnings.warn(
+    warn(
         f"{len(indices)} 64-bit jax leaves ({', '.join(shown)}...) load as numpy arrays "
-        "because jax_enable_x64 is off; enable it to get jax arrays",
-        stacklevel=4,
+        "because jax_enable_x64 is off; enable it to get jax arrays"
     )
 
 

@@ -2,11 +2,15 @@
 
 A file names the classes of its nodes and the functions in its static fields. Loading looks those names
 up here and nowhere else: nothing is imported because a file names it. Trusted are the public namespaces
-of jax, numpy, ml_dtypes, equinox and optax (`_SEED_NAMESPACES`), minus names with side effects
-(`_DENIED`), and the classes and module-level lambdas of the equinox and optax modules already
-imported; users add their own with `register` or per call with `allow=`. Objects are stored under their public names where they have one (`jax.nn.relu`). A name is
-resolved by one lookup (`_look_up`); only a name that lookup cannot place makes `_seed` walk every
-trusted namespace once (about 80 ms).
+of jax (jax.image and jax.scipy's linalg, signal and stats among them), numpy, ml_dtypes, equinox,
+optax and math (`_SEED_NAMESPACES`), minus names with side effects or unbounded cost (`_DENIED`); the
+builtin classes and pure builtin functions (`_BUILTINS`); and the classes and module-level lambdas of
+the equinox and optax modules already imported, with the private helpers layers keep in fields
+(`_LAYER_HELPERS`). Users add their own with `register` or per call with `allow=`.
+
+Objects are stored under their public names where they have one (`jax.nn.relu`). A name is resolved
+by one lookup (`_look_up`); only a name that lookup cannot place makes `_seed` walk every trusted
+namespace once (about 80 ms).
 """
 
 from __future__ import annotations
@@ -47,14 +51,15 @@ _DENIED = re.compile(
     r"|spawn|popen|remove|unlink|write|dump|getattr|setattr|globals|locals|breakpoint|input|exit"
     r"|seriali[sz]|regex|register|config|seterr|setbufsize|clear_cache|show_|hooks_dir"
     r"|copy_to_host|onnx|str2jax|set_mesh|use_abstract_mesh|disable_jit|progress|tqdm"
-    r"|^equinox\.internal\.|(^|\.)info$",  # numpy.info imports the module a string names
+    r"|^equinox\.internal\.|(^|\.)info$"  # numpy.info imports the module a string names
+    r"|^math\.(factorial|comb|perm)$",  # time beyond bound on large arguments (a file chooses them)
     re.IGNORECASE,
 )
 # Builtin classes, and builtin functions without side effects: in the registry from the start.
 _BUILTINS = (
     int, float, complex, bool, str, bytes, list, tuple, dict, set, frozenset, slice, type(None), object,
     collections.OrderedDict, collections.defaultdict, collections.deque,
-    abs, min, max, sum, round, pow, divmod, all, any, len,
+    abs, min, max, sum, round, divmod, all, any, len,
 )  # fmt: skip
 
 _PUBLIC_PACKAGES = frozenset(namespace.partition(".")[0] for namespace in _SEED_NAMESPACES)
@@ -78,15 +83,17 @@ def canonical_name(obj: Any) -> str | None:
 
 def register(obj: T, name: str | None = None) -> T:
     """Allow `obj` (a class, function or singleton) to be rebuilt from files; usable as a decorator."""
-    if name is None:
+    if not name:
         name = canonical_name(obj)
         if name is None:
             raise UnserialisableError(
                 f"cannot register {obj!r}: it has no module-level name; pass name='...'"
             )
-        if _misnamed(obj, name):
+        wrapped = _wrapped_under(obj, name)
+        if wrapped is not _MISSING:
             raise UnserialisableError(
-                f"cannot register {obj!r} as {name!r}: {_MISNAMED}; pass name='...'"
+                f"cannot register {obj!r} as {name!r}: that name holds {wrapped!r:.60}, the "
+                "function it wraps; pass name='...'"
             )
     _by_name[name] = obj
     _user_names[id(obj)] = (obj, name)
@@ -102,15 +109,22 @@ def name_of(obj: Any, where: str) -> str:
             "inside another function, has no name to look up when loading. Define it at module level "
             "(and pass it to eqx_msg.register, or to allow= when loading)."
         )
-    if inspect.ismethod(obj) and user_name(obj) is None:
+    if user_name(obj) is not None or public_name(obj) == name:
+        return name  # a name that holds `obj`, by registration or by lookup
+    if inspect.ismethod(obj) and not isinstance(
+        obj.__self__, type
+    ):  # (a classmethod keeps its class)
         raise UnserialisableError(
             f"{where or 'the root'}: cannot store the bound method {name}: a function is stored by "
             "name, and its object would be lost. Store the object itself (a Module is a pytree), "
             "or a module-level function."
         )
-    if _misnamed(obj, name):
+    wrapped = _wrapped_under(obj, name)
+    if wrapped is not _MISSING:
         raise UnserialisableError(
-            f"{where or 'the root'}: cannot store {obj!r:.80} as {name!r}: {_MISNAMED}. Store the "
+            f"{where or 'the root'}: cannot store {obj!r:.80} as {name!r}: it wraps {wrapped!r:.60}, "
+            "which that name holds, and would load as it (jax.jit, jax.grad, jax.vmap and "
+            "functools.wraps wrappers report the name of the function they wrap). Store the "
             "function itself, bind the wrapper to a module-level name, or register it under a name "
             "of its own: eqx_msg.register(obj, name='...')."
         )
@@ -122,36 +136,36 @@ def _stored_name(obj: Any) -> str | None:
     return user_name(obj) or public_name(obj) or canonical_name(obj) or _lambda_name(obj)
 
 
-_MISNAMED = (  # what `_misnamed` finds
-    "that name holds another object (jax.jit, jax.grad, jax.vmap and functools.wraps wrappers "
-    "report the name of the function they wrap)"
-)
-
-
-def _misnamed(obj: Any, name: str) -> bool:
-    """Whether `name`, the `module.qualname` of a function, holds another object: loading gives that.
+def _wrapped_under(obj: Any, name: str) -> Any:
+    """The function `obj` wraps (through `__wrapped__`) if `name`, the name it reports, holds that
+    function rather than `obj`; else `_MISSING`.
 
     Classes are not checked: a class defined again (a notebook cell run twice) keeps its name, and
-    loading checks a node's `keys` against the class it finds.
+    loading checks a node's `keys` against the class it finds. Nor is a function defined again:
+    only a wrapper stands to load as a different computation.
     """
-    if isinstance(obj, type) or user_name(obj) == name or public_name(obj) == name:
-        return False
-    if inspect.ismethod(obj):
-        return True
-    module_name = obj.__module__
-    if not name.startswith(f"{module_name}."):  # a module-level lambda's `module.attr`: checked
-        return False
+    inner = None if isinstance(obj, type) else getattr(obj, "__wrapped__", None)
+    if inner is None:
+        return _MISSING
+    module_name = getattr(obj, "__module__", None)
+    if not isinstance(module_name, str) or not name.startswith(f"{module_name}."):
+        return _MISSING
+    module = sys.modules.get(module_name)
+    if module is None:
+        return _MISSING
     first, *rest = name[len(module_name) + 1 :].split(".")
-    found = (
-        vars(sys.modules[module_name]).get(first, _MISSING)
-        if module_name in sys.modules
-        else _MISSING
-    )
+    found = vars(module).get(first, _MISSING)
     for (
         attr
-    ) in rest:  # class attributes, as the class gives them (staticmethods, Equinox's wrappers)
+    ) in rest:  # class attributes as the class gives them (staticmethods, Equinox's wrappers)
         found = getattr(found, attr, _MISSING)
-    return found is not obj
+    for _ in range(64):  # a chain of wrappers, as deep as anyone stacks decorators
+        if inner is found:
+            return found
+        inner = getattr(inner, "__wrapped__", None)
+        if inner is None:
+            break
+    return _MISSING
 
 
 def _is_lambda(obj: Any) -> bool:
@@ -315,12 +329,16 @@ def _private_ok(module_name: str, obj: Any) -> bool:
     """Whether `obj`, defined in a module of equinox or optax, is trusted though not exported.
 
     Classes (Modules, optax states) and module-level lambdas (the MLP's `_identity`) are; plain
-    functions only in Equinox's layer modules, whose helpers are pure (WeightNorm's
-    `_norm_except_axis`). Other plain functions are reachable only through a public namespace.
+    functions only those that layers keep in their fields (`_LAYER_HELPERS`). Other plain functions
+    are reachable only through a public namespace.
     """
     if module_name.partition(".")[0] not in _SEED_PACKAGES:
         return False
-    return isinstance(obj, type) or _is_lambda(obj) or module_name.startswith("equinox.nn._")
+    return isinstance(obj, type) or _is_lambda(obj) or canonical_name(obj) in _LAYER_HELPERS
+
+
+# Private functions that Equinox layers store in their fields (pure), so a saved layer loads.
+_LAYER_HELPERS = frozenset({"equinox.nn._weight_norm._norm_except_axis"})
 
 
 def _add_builtins() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, _dtypes, _registry
-from ._errors import HeaderError, LimitError, UnknownTypeError, UnserialisableError
+from ._errors import DTypeError, HeaderError, LimitError, UnknownTypeError, UnserialisableError
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
@@ -41,6 +41,11 @@ def encode(value: Any, where: str, level: int) -> Any:
     if named is not None:
         return {"$": "ref", "v": named}
     if isinstance(value, enum.Enum):
+        if kind.__members__.get(value.name) is not value:  # (a combination of Flag members)
+            raise UnserialisableError(
+                f"{where or 'the root'}: cannot store {value!r}: enum values are stored by member "
+                "name, and this is no single member; store its .value"
+            )
         return {"$": "enum", "cls": _registry.name_of(kind, where), "v": value.name}
     if isinstance(value, np.generic):
         return {**_encode_small_array(np.asarray(value), where), "$": "numpy_scalar"}
@@ -189,12 +194,16 @@ _PLACEHOLDERS = _placeholders()
 def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:
     if value.dtype.name in _dtypes.PACKED_BITS or value.dtype.hasobject:
         raise UnserialisableError(
-            f"{where or 'the root'}: a {value.dtype} array cannot be a static value"
+            f"{where or 'the root'}: a {value.dtype} value cannot be static; store it as a leaf"
         )
+    try:
+        name = _dtypes.name_of(value.dtype)
+    except DTypeError as err:
+        raise UnserialisableError(f"{where or 'the root'}: {err}") from None
     array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
     return {
         "$": "ndarray",
-        "dtype": _dtypes.name_of(value.dtype),
+        "dtype": name,
         "shape": list(value.shape),
         "data": array.tobytes(),
     }

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 import equinox as eqx
 import jax
 import jax.tree_util as jtu
+import msgpack
 import numpy as np
 from jax._src.tree_util import default_registry
 
@@ -334,7 +335,9 @@ class _Builder:
 
     def custom(self, node: dict[str, Any], where: str) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
-        if cls in _BUILTIN_NODES or (isinstance(cls, type) and issubclass(cls, tuple)):
+        if cls in _BUILTIN_NODES or (
+            isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+        ):
             # jaxlib rebuilds these in C++ from the aux data without checking it against the
             # children (a dict with fewer keys than children crashed the process).
             raise HeaderError(
@@ -401,47 +404,37 @@ def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
         )
 
 
-def walk(node: Any) -> Iterator[tuple[str, Any, bool]]:
-    """Every node of a header tree with its key path, and whether its children are unnamed.
-
-    A node whose children's keys the file does not record (written before nodes had `keys`), or
-    whose dict keys do not decode without the registry, is yielded with `True`, not descended into.
-    """
+def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
+    """The key path of every node of a header tree (containers and leaves), and the paths of the
+    nodes whose children's keys the file does not record (written before nodes had `keys`) or
+    whose dict keys do not decode without the registry: those are not descended into."""
+    known: set[str] = set()
+    opaque: list[str] = []
     stack: list[tuple[Any, str]] = [(node, "")]
     while stack:
         node, path = stack.pop()
+        known.add(path)
         if not isinstance(node, dict):
-            yield path, node, False  # an array leaf
-            continue
-        tag, children = node.get("t"), node.get("c", [])
+            continue  # an array leaf
+        tag, children, keys = node.get("t"), node.get("c", []), node.get("k", [])
+        if not isinstance(children, list) or not isinstance(keys, list):
+            raise HeaderError(f"{path or 'the root'}: malformed tree node {node!r:.80}")
         if tag in ("list", "tuple"):
             stack.extend((child, f"{path}[{i}]") for i, child in enumerate(children))
         elif tag in ("dict", "ordereddict", "defaultdict"):
             try:
-                keys = [_static.decode(key, {}, path) for key in node.get("k", [])]
+                keys = [_static.decode(key, {}, path) for key in keys]
             except (HeaderError, UnknownTypeError):
-                yield path, node, True
+                opaque.append(path)
                 continue
             stack.extend((child, f"{path}[{key!r}]") for key, child in zip(keys, children))
         elif tag in ("namedtuple", "node"):
             names = node.get("keys")
             if not isinstance(names, list) or len(names) != len(children):
-                yield path, node, True
+                opaque.append(path)
                 continue
             dot = "." if tag == "namedtuple" else ""
             stack.extend((child, f"{path}{dot}{name}") for name, child in zip(names, children))
-        yield path, node, False
-
-
-def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
-    """The key path of every node of a header tree (containers and leaves), and the paths of the
-    nodes whose children's keys the file does not record (written before nodes had `keys`)."""
-    known: set[str] = set()
-    opaque: list[str] = []
-    for path, _, unnamed in walk(node):
-        known.add(path)
-        if unnamed:
-            opaque.append(path)
     return known, opaque
 
 
@@ -450,57 +443,55 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
 
     The two are walked together, so each node is compared with the one at the same key path.
     A subtree that does not correspond node for node (another class, a class with changed
-    fields: like= matched its leaves by key path) is not compared.
+    fields: like= matched its leaves by key path), or whose node records no `keys`, is not
+    compared.
     """
     differ: list[str] = []
     class_names: dict[type, str | None] = {}
-    encoded: dict[Any, Any] = {}  # per (hashable) flatten data: many nodes share theirs
     stack: list[tuple[Any, Any, str]] = [(treedef, node, "")]
     while stack:
         treedef, node, path = stack.pop()
         data = treedef.node_data()
-        if data is None or not isinstance(node, dict):
+        if data is None or not isinstance(node, dict) or not isinstance(node.get("c"), list):
             continue  # a leaf on either side
         cls, aux = data
-        children, tag, stored = treedef.children(), node.get("t"), node.get("c")
-        if not isinstance(stored, list):
+        tag, stored, children = node.get("t"), node["c"], treedef.children()
+        if len(children) != len(stored):
             continue
-        pairs: Iterable[tuple[Any, Any, str]]
-        if tag == "node":
-            keys = node.get("keys")
+        if tag in ("node", "namedtuple"):
             if cls not in class_names:
                 class_names[cls] = _stored_class(cls)
-            if class_names[cls] != node.get("cls") or not isinstance(keys, list):
+            names = node.get("keys")
+            if class_names[cls] != node.get("cls") or not isinstance(names, list):
                 continue
-            try:
-                mine = (
-                    encoded[aux] if aux in encoded else encoded.setdefault(aux, _encoded_aux(aux))
-                )
-            except TypeError:  # unhashable
-                mine = _encoded_aux(aux)
-            if mine != node.get("aux"):
+            if tag == "node" and _differs(aux, node.get("aux")):
                 differ.append(f"{path or 'the root'} ({node.get('cls')})")
-            pairs = zip(children, stored, (path + str(k) for k in keys))
-        elif tag in ("list", "tuple") and tag == cls.__name__:
-            pairs = zip(children, stored, (f"{path}[{i}]" for i in range(len(stored))))
-        elif tag in ("dict", "ordereddict", "defaultdict") and cls in _BUILTIN_NODES:
-            try:
-                by_key = {_static.decode(k, {}, path): c for k, c in zip(node.get("k", []), stored)}
-            except (HeaderError, UnknownTypeError, TypeError):
+            dot = "." if tag == "namedtuple" else ""
+            pairs = list(zip(children, stored, (f"{path}{dot}{name}" for name in names)))
+        elif tag in ("list", "tuple") and cls is (list if tag == "list" else tuple):
+            pairs = list(zip(children, stored, (f"{path}[{i}]" for i in range(len(stored)))))
+        elif _MAPPINGS.get(tag) is cls and not all(map(_is_leaf, children)):
+            try:  # like='s children are in its own key order; the file's in insertion order
+                by_key = {_static.decode(k, {}, path): c for k, c in zip(node["k"], stored)}
+                keys = aux[1] if cls is collections.defaultdict else aux
+                pairs = [(t, by_key[k], f"{path}[{k!r}]") for t, k in zip(children, keys)]
+            except (HeaderError, UnknownTypeError, TypeError, KeyError):
                 continue
-            names = aux[1] if cls is collections.defaultdict else aux
-            pairs = (
-                (t, by_key[k], f"{path}[{k!r}]") for t, k in zip(children, names) if k in by_key
-            )
-            stack.extend(pairs)
-            continue
-        elif tag == "namedtuple" and _stored_class(cls) == node.get("cls"):
-            pairs = zip(children, stored, (f"{path}.{f}" for f in getattr(cls, "_fields", ())))
         else:
             continue
-        if len(children) == len(stored):
-            stack.extend(pairs)
+        stack.extend(pair for pair in pairs if not _is_leaf(pair[0]))
     return sorted(differ)
+
+
+_MAPPINGS: dict[Any, type] = {  # tag -> class
+    "dict": dict,
+    "ordereddict": collections.OrderedDict,
+    "defaultdict": collections.defaultdict,
+}
+
+
+def _is_leaf(treedef: Any) -> bool:
+    return treedef.num_nodes == 1 and treedef.num_leaves == 1
 
 
 def _stored_class(cls: type) -> str | None:
@@ -511,29 +502,29 @@ def _stored_class(cls: type) -> str | None:
         return None
 
 
-def _encoded_aux(aux: Any) -> Any:
-    """Flatten data encoded as the header stores it (`_MISSING` if it cannot be)."""
+def _differs(aux: Any, stored: Any) -> bool:
+    """Whether flatten data `aux`, encoded, differs from the file's (compared as msgpack bytes, so
+    NaN equals NaN and 1.0 differs from np.float32(1.0)); False if `aux` cannot be stored."""
     try:
-        return _static.encode(aux, "", 3)
+        mine = _static.encode(aux, "", 3)
     except EqxMsgError:
-        return _MISSING
-
-
-_MISSING = object()
+        return False
+    return msgpack.packb(mine, use_bin_type=True) != msgpack.packb(stored, use_bin_type=True)
 
 
 def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
-    """Every `value` node (a non-array leaf) of a header tree, with its key path."""
+    """Every `value` node (a non-array leaf) of a header tree: its key path and encoded value."""
     stack = [node]
     while stack:
         node = stack.pop()
         if type(node) is int:
             continue
-        if not isinstance(node, dict):
+        children = node.get("c", []) if isinstance(node, dict) else None
+        if not isinstance(children, list) or (node.get("t") == "value" and "v" not in node):
             raise HeaderError(f"malformed tree node {node!r:.80}")
         if node.get("t") == "value":
-            yield str(node.get("p", "")), node
-        stack.extend(node.get("c", ()))
+            yield str(node.get("p", "")), node["v"]
+        stack.extend(children)
 
 
 def _seq(value: Any) -> list[Any]:
