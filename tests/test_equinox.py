@@ -152,6 +152,20 @@ def test_enum_members_and_numpy_scalars_as_static_fields(roundtrip):
     assert type(eqx_msg.loads(eqx_msg.dumps({"f": clip}))["f"].keywords["max"]) is np.int8
 
 
+class Perm(enum.Flag):
+    R = 1
+    W = 2
+
+
+def test_an_enum_value_that_is_no_single_member_is_refused():
+    assert eqx_msg.loads(eqx_msg.dumps({"f": functools.partial(max, Perm.W)}), allow=[Perm])[
+        "f"
+    ].args == (Perm.W,)
+    for value in (Perm.R | Perm.W, Perm(0)):
+        with pytest.raises(eqx_msg.UnserialisableError, match="no single member"):
+            eqx_msg.dumps({"f": functools.partial(max, value)})
+
+
 def test_user_module_rebuilt_without_init(roundtrip):
     eqx_msg.register(Counted)
     model = Counted(jnp.ones(2))
@@ -269,6 +283,22 @@ def test_registered_nodes_after_register(roundtrip):
     eqx_msg.register(Data)
     loaded = roundtrip({"p": Pair(np.ones(2), jnp.zeros(1), "t"), "d": Data(jnp.ones(3), 4)})
     assert loaded["p"].tag == "t" and loaded["d"].n == 4
+
+
+class Interval(tuple):
+    """A tuple subclass with a pytree registration of its own (not a namedtuple)."""
+
+
+jax.tree_util.register_pytree_node(
+    Interval, lambda i: (tuple(i), "closed"), lambda aux, children: Interval(children)
+)
+
+
+def test_a_registered_tuple_subclass_round_trips(roundtrip):
+    eqx_msg.register(Interval)
+    loaded = roundtrip({"i": Interval((np.zeros(1), jnp.ones(2)))})
+    assert type(loaded["i"]) is Interval
+    assert eqx_msg.header(eqx_msg.dumps(Interval((np.zeros(1),)))).tree.t == "node"
 
 
 def test_abstract_model_from_filter_eval_shape(roundtrip):
