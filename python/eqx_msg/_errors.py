@@ -8,6 +8,11 @@ import warnings
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def at(path: str) -> str:
+    """A key path as messages name it: the root's is empty."""
+    return path or "the root"
+
+
 def warn(message: str) -> None:
     """`warnings.warn`, pointing at the first caller outside eqx_msg, whatever the entry point."""
     frame: types.FrameType | None = sys._getframe(1)

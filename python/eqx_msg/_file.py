@@ -16,7 +16,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from . import _codec, _core, _leaves, _place, _registry, _tree
-from ._errors import ClosedError, KeyPathError, LayoutError, LengthError
+from ._errors import ClosedError, KeyPathError, LayoutError, LengthError, at
 from ._header import Header
 
 PathLike = str | os.PathLike[str]
@@ -462,7 +462,7 @@ def _selector(
         return filter
     prefixes = [(jtu.keystr(p), v) for p, v in flat]
     wrong = [
-        f"{prefix or 'the root'}: {value!r}"
+        f"{at(prefix)}: {value!r}"
         for prefix, value in prefixes
         if not isinstance(value, bool | np.bool_)
     ]

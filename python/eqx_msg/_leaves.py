@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from . import _core, _dtypes, _place
-from ._errors import DTypeError, HeaderError, LayoutError, warn
+from ._errors import DTypeError, HeaderError, LayoutError, at, warn
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
@@ -145,7 +145,7 @@ def build_leaves(
     if any(t.dtype.name in _NOT_IN_JAX for t in types):
         for i in to_place:
             if types[which[i]].dtype.name in _NOT_IN_JAX:
-                where = (paths()[i] or "the root") if paths is not None else f"leaf {i}"
+                where = at(paths()[i]) if paths is not None else f"leaf {i}"
                 raise DTypeError(
                     f"{where}: a jax leaf of dtype {types[which[i]].dtype.name}, which JAX has no "
                     "arrays of; load with as_numpy=True to read its data"

@@ -21,7 +21,7 @@ import numpy as np
 import pydantic
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from ._errors import ShardingError
+from ._errors import ShardingError, at
 from ._header import ShardingSpec
 
 try:  # private, but the cheapest array construction JAX has; guarded so a jax upgrade only slows us
@@ -147,21 +147,21 @@ def saved_sharding(
         info = ShardingSpec.model_validate(record["sharding"])
     except pydantic.ValidationError as err:
         problem = "; ".join(e["msg"] for e in err.errors()[:3])
-        raise ShardingError(f"{path or 'the root'}: malformed sharding record: {problem}") from None
+        raise ShardingError(f"{at(path)}: malformed sharding record: {problem}") from None
     size = dict(zip(info.mesh_axes, info.mesh_shape))
     spec = [tuple(e) if isinstance(e, list) else e for e in info.spec]
     for dim, entry in itertools.zip_longest(shape, spec):
         parts = math.prod(size[a] for a in ([entry] if isinstance(entry, str) else entry or ()))
         if dim is None or dim % parts:
             raise ShardingError(
-                f"{path or 'the root'}: the saved spec {info.spec} does not split shape {shape} "
+                f"{at(path)}: the saved spec {info.spec} does not split shape {shape} "
                 f"over the mesh {size}"
             )
     devices = {d.id: d for d in jax.devices()}
     missing = [i for i in info.device_ids if i not in devices]
     if missing:
         raise ShardingError(
-            f"{path or 'the root'}: saved on devices {info.device_ids} (mesh {size}), but devices "
+            f"{at(path)}: saved on devices {info.device_ids} (mesh {size}), but devices "
             f"{missing} are not present here ({len(devices)} devices). Pass sharding= with a "
             "layout for these devices."
         )
@@ -170,9 +170,7 @@ def saved_sharding(
         mesh = Mesh(grid.reshape(info.mesh_shape), tuple(info.mesh_axes))
         return NamedSharding(mesh, PartitionSpec(*spec), memory_kind=info.memory_kind)
     except (ValueError, TypeError, RuntimeError) as err:  # e.g. a memory kind these devices lack
-        raise ShardingError(
-            f"{path or 'the root'}: the saved sharding does not fit here: {err}"
-        ) from None
+        raise ShardingError(f"{at(path)}: the saved sharding does not fit here: {err}") from None
 
 
 def resolve_shardings(

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import equinox as eqx
 import jax
 
-from ._errors import UnknownTypeError, UnserialisableError
+from ._errors import UnknownTypeError, UnserialisableError, at
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ def name_of(obj: Any, where: str) -> str:
     name = _stored_name(obj)
     if name is None:
         raise UnserialisableError(
-            f"{where or 'the root'}: cannot store {obj!r}: a lambda, or a function or class defined "
+            f"{at(where)}: cannot store {obj!r}: a lambda, or a function or class defined "
             "inside another function, has no name to look up when loading. Define it at module level "
             "(and pass it to eqx_msg.register, or to allow= when loading)."
         )
@@ -115,14 +115,14 @@ def name_of(obj: Any, where: str) -> str:
         obj.__self__, type
     ):  # (a classmethod keeps its class)
         raise UnserialisableError(
-            f"{where or 'the root'}: cannot store the bound method {name}: a function is stored by "
+            f"{at(where)}: cannot store the bound method {name}: a function is stored by "
             "name, and its object would be lost. Store the object itself (a Module is a pytree), "
             "or a module-level function."
         )
     wrapped = _wrapped_under(obj, name)
     if wrapped is not _MISSING:
         raise UnserialisableError(
-            f"{where or 'the root'}: cannot store {obj!r:.80} as {name!r}: it wraps {wrapped!r:.60}, "
+            f"{at(where)}: cannot store {obj!r:.80} as {name!r}: it wraps {wrapped!r:.60}, "
             "which that name holds, and would load as it (jax.jit, jax.grad, jax.vmap and "
             "functools.wraps wrappers report the name of the function they wrap). Store the "
             "function itself, bind the wrapper to a module-level name, or register it under a name "
@@ -242,7 +242,7 @@ def resolve(name: str, allow: Mapping[str, Any], where: str) -> Any:
         found = _by_name.get(name, _MISSING)
     if found is _MISSING:
         raise UnknownTypeError(
-            f"{where or 'the root'}: the file names {name!r}, which is not in eqx_msg's registry. "
+            f"{at(where)}: the file names {name!r}, which is not in eqx_msg's registry. "
             "Nothing is imported from a file; if you trust it, pass the object in allow=[...] or call "
             "eqx_msg.register(obj) (with name=... if it was registered under another name)."
         )

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, _dtypes, _registry
-from ._errors import DTypeError, HeaderError, LimitError, UnknownTypeError, UnserialisableError
+from ._errors import DTypeError, HeaderError, LimitError, UnknownTypeError, UnserialisableError, at
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
@@ -43,7 +43,7 @@ def encode(value: Any, where: str, level: int) -> Any:
     if isinstance(value, enum.Enum):
         if kind.__members__.get(value.name) is not value:  # (a combination of Flag members)
             raise UnserialisableError(
-                f"{where or 'the root'}: cannot store {value!r}: enum values are stored by member "
+                f"{at(where)}: cannot store {value!r}: enum values are stored by member "
                 "name, and this is no single member; store its .value"
             )
         return {"$": "enum", "cls": _registry.name_of(kind, where), "v": value.name}
@@ -89,7 +89,7 @@ def encode(value: Any, where: str, level: int) -> Any:
         else ""
     )
     raise UnserialisableError(
-        f"{where or 'the root'}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
+        f"{at(where)}: cannot store a value of type {kind.__module__}.{kind.__qualname__} "
         f"({value!r:.80}). Static values may be None, bool, int, float, complex, str, bytes, numpy "
         "scalars and dtypes, tuples, lists, dicts, sets, functools.partial, enum members, and "
         "module-level functions and classes; "
@@ -101,7 +101,7 @@ def _room(level: int, where: str) -> None:
     """Refuse an array or map at header nesting `level` past the header's limit."""
     if level > _core.MAX_DEPTH:
         raise LimitError(
-            f"{where or 'the root'}: a static value nests containers too deep here: an array or "
+            f"{at(where)}: a static value nests containers too deep here: an array or "
             f"map at header level {level}, past the header's limit of {_core.MAX_DEPTH} "
             "(FORMAT.md section 2)"
         )
@@ -123,7 +123,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             keys, values = data["k"], data["v"]
             if len(keys) != len(values):
                 raise HeaderError(
-                    f"{where or 'the root'}: static dict has {len(keys)} keys, {len(values)} values"
+                    f"{at(where)}: static dict has {len(keys)} keys, {len(values)} values"
                 )
             return {decode(k, allow, where): decode(v, allow, where) for k, v in zip(keys, values)}
         if tag == "set":
@@ -144,7 +144,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
             named = isinstance(keywords, dict) and all(isinstance(k, str) for k in keywords)
             if not (callable(func) and named):
                 raise HeaderError(
-                    f"{where or 'the root'}: malformed partial: a function, and keywords by name"
+                    f"{at(where)}: malformed partial: a function, and keywords by name"
                 )
             return functools.partial(func, *args, **keywords)
         if tag == "ndarray":
@@ -152,27 +152,23 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
         if tag == "numpy_scalar":
             array = _decode_small_array(data, where)
             if array.shape != ():
-                raise HeaderError(f"{where or 'the root'}: a numpy_scalar of shape {array.shape}")
+                raise HeaderError(f"{at(where)}: a numpy_scalar of shape {array.shape}")
             return array[()]
         if tag == "enum":
             cls = _registry.resolve(_str(data["cls"]), allow, where)
             if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
-                raise HeaderError(f"{where or 'the root'}: {data['cls']} is not an Enum class")
+                raise HeaderError(f"{at(where)}: {data['cls']} is not an Enum class")
             return cls[_str(data["v"])]
         if tag == "new":
             cls = _registry.resolve(_str(data["cls"]), allow, where)
             if cls not in _PLACEHOLDERS:
-                raise HeaderError(
-                    f"{where or 'the root'}: {data['cls']} is not a placeholder class ($new)"
-                )
+                raise HeaderError(f"{at(where)}: {data['cls']} is not a placeholder class ($new)")
             return object.__new__(cls)  # no __init__ of its own to skip, no state to restore
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, HeaderError | UnknownTypeError):
             raise
-        raise HeaderError(
-            f"{where or 'the root'}: malformed static value {data!r:.120}: {err}"
-        ) from None
-    raise HeaderError(f"{where or 'the root'}: unknown static value tag {data.get('$')!r}")
+        raise HeaderError(f"{at(where)}: malformed static value {data!r:.120}: {err}") from None
+    raise HeaderError(f"{at(where)}: unknown static value tag {data.get('$')!r}")
 
 
 def _placeholders() -> frozenset[type]:
@@ -194,12 +190,12 @@ _PLACEHOLDERS = _placeholders()
 def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:
     if value.dtype.name in _dtypes.PACKED_BITS or value.dtype.hasobject:
         raise UnserialisableError(
-            f"{where or 'the root'}: a {value.dtype} value cannot be static; store it as a leaf"
+            f"{at(where)}: a {value.dtype} value cannot be static; store it as a leaf"
         )
     try:
         name = _dtypes.name_of(value.dtype)
     except DTypeError as err:
-        raise UnserialisableError(f"{where or 'the root'}: {err}") from None
+        raise UnserialisableError(f"{at(where)}: {err}") from None
     array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
     return {
         "$": "ndarray",
@@ -217,7 +213,7 @@ def _decode_small_array(data: dict[str, Any], where: str) -> np.ndarray:
         not isinstance(raw, bytes)
         or len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     ):
-        raise HeaderError(f"{where or 'the root'}: static ndarray has the wrong number of bytes")
+        raise HeaderError(f"{at(where)}: static ndarray has the wrong number of bytes")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

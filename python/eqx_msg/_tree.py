@@ -31,6 +31,7 @@ from ._errors import (
     StructureMismatchError,
     UnknownTypeError,
     UnserialisableError,
+    at,
 )
 
 _ArrayImpl = type(jax.numpy.zeros(()))
@@ -129,7 +130,7 @@ class _Flattener:
         self.depth += 1
         if self.depth > MAX_NESTING:  # each level is a map and its array in the header
             raise LimitError(
-                f"{path or 'the root'}: the tree nests containers {self.depth} deep here; a file "
+                f"{at(path)}: the tree nests containers {self.depth} deep here; a file "
                 f"holds at most {MAX_NESTING} levels (the header's nesting limit, FORMAT.md section 2)"
             )
         nodes = [self.walk(child, path) for child, path in children]
@@ -155,7 +156,7 @@ class _Flattener:
             "t": "node",
             "cls": _registry.name_of(cls, path),
             "aux": _static.encode(
-                aux, f"{path or 'the root'} (flatten data of {cls.__qualname__})", self.level + 1
+                aux, f"{at(path)} (flatten data of {cls.__qualname__})", self.level + 1
             ),
             "keys": keys,
             "c": self.descend(
@@ -175,7 +176,7 @@ def leaf_record(obj: Any, path: str) -> dict[str, Any]:
     if isinstance(obj, np.ndarray):
         if isinstance(obj, np.ma.MaskedArray):
             raise UnserialisableError(
-                f"{path or 'the root'}: a numpy masked array would lose its mask; "
+                f"{at(path)}: a numpy masked array would lose its mask; "
                 "store .data and .mask (numpy.ma.getmaskarray) as two leaves"
             )
         return {
@@ -198,7 +199,7 @@ def leaf_record(obj: Any, path: str) -> dict[str, Any]:
         return record
     if isinstance(obj, jax.core.Tracer):
         raise UnserialisableError(
-            f"{path or 'the root'}: a traced array (inside jit/vmap/grad) cannot be saved; "
+            f"{at(path)}: a traced array (inside jit/vmap/grad) cannot be saved; "
             "save outside the transformation"
         )
     dtype = obj.dtype
@@ -234,7 +235,7 @@ def _dtype(dtype: Any, path: str) -> str:
     try:
         return _dtypes.name_of(dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))
     except DTypeError as err:
-        raise UnserialisableError(f"{path or 'the root'}: {err}") from None
+        raise UnserialisableError(f"{at(path)}: {err}") from None
 
 
 def unflatten(node: Any, leaves: Sequence[Any], allow: Mapping[str, Any]) -> Any:
@@ -260,7 +261,7 @@ class _Builder:
         if type(node) is int:  # an array leaf: an index into the leaf records
             if not 0 <= node < len(self.leaves):
                 raise HeaderError(
-                    f"{where or 'the root'}: leaf index {node} is out of range: the file has "
+                    f"{at(where)}: leaf index {node} is out of range: the file has "
                     f"{len(self.leaves)} leaf records"
                 )
             self.order.append(node)
@@ -306,29 +307,25 @@ class _Builder:
             if tag == "namedtuple":
                 cls = _registry.resolve(node["cls"], self.allow, where)
                 if not (isinstance(cls, type) and issubclass(cls, tuple)):
-                    raise HeaderError(
-                        f"{where or 'the root'}: {node['cls']!r} is not a namedtuple class"
-                    )
+                    raise HeaderError(f"{at(where)}: {node['cls']!r} is not a namedtuple class")
                 fields = list(getattr(cls, "_fields", ()))
                 _check_keys(node, fields, where)
                 key = functools.partial(_field_key, fields)
                 return cls(*self.children(node["c"], where, key))
         except (KeyError, TypeError, AttributeError) as err:
-            raise HeaderError(f"{where or 'the root'}: malformed tree node: {err!r}") from None
-        raise HeaderError(f"{where or 'the root'}: unknown tree node type {tag!r}")
+            raise HeaderError(f"{at(where)}: malformed tree node: {err!r}") from None
+        raise HeaderError(f"{at(where)}: unknown tree node type {tag!r}")
 
     def mapping(self, node: dict[str, Any], where: str, make: Callable[[Any], _M]) -> _M:
         """A dict-like node from `make(pairs)`; a repeated key (its leaves would vanish) is refused."""
         stored, children = _seq(node["k"]), _seq(node["c"])
         if len(stored) != len(children):
-            raise HeaderError(
-                f"{where or 'the root'}: {len(stored)} keys but {len(children)} children"
-            )
+            raise HeaderError(f"{at(where)}: {len(stored)} keys but {len(children)} children")
         keys = [_static.decode(key, self.allow, where) for key in stored]
         mapping = make(zip(keys, self.children(children, where, lambda i: f"[{keys[i]!r}]")))
         if len(mapping) != len(keys):
             raise HeaderError(
-                f"{where or 'the root'}: a {node['t']} node repeats a key "
+                f"{at(where)}: a {node['t']} node repeats a key "
                 f"({len(keys)} keys, {len(mapping)} distinct)"
             )
         return mapping
@@ -341,7 +338,7 @@ class _Builder:
             # jaxlib rebuilds these in C++ from the aux data without checking it against the
             # children (a dict with fewer keys than children crashed the process).
             raise HeaderError(
-                f"{where or 'the root'}: a 'node' of class {node['cls']}: builtin containers and "
+                f"{at(where)}: a 'node' of class {node['cls']}: builtin containers and "
                 "namedtuples have node types of their own (FORMAT.md section 4)"
             )
         aux = _static.decode(node["aux"], self.allow, where)
@@ -354,7 +351,7 @@ class _Builder:
         except Exception as err:  # whatever the class's own unflatten raises on data it never made
             saved = node.get("keys")
             raise StructureMismatchError(
-                f"{where or 'the root'}: cannot rebuild a {node['cls']} from the file's "
+                f"{at(where)}: cannot rebuild a {node['cls']} from the file's "
                 f"{len(children)} children{f' {saved}' if saved is not None else ''} and flatten "
                 f"data: {type(err).__name__}: {err}. {_CHANGED}"
             ) from None
@@ -399,7 +396,7 @@ def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
     saved = node.get("keys")
     if saved is not None and saved != now:
         raise StructureMismatchError(
-            f"{where or 'the root'}: the file's {node.get('cls')} has children {saved}, but the class "
+            f"{at(where)}: the file's {node.get('cls')} has children {saved}, but the class "
             f"now has {now}. {_CHANGED}"
         )
 
@@ -418,7 +415,7 @@ def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
             continue  # an array leaf
         tag, children, keys = node.get("t"), node.get("c", []), node.get("k", [])
         if not isinstance(children, list) or not isinstance(keys, list):
-            raise HeaderError(f"{path or 'the root'}: malformed tree node {node!r:.80}")
+            raise HeaderError(f"{at(path)}: malformed tree node {node!r:.80}")
         if tag in ("list", "tuple"):
             stack.extend((child, f"{path}[{i}]") for i, child in enumerate(children))
         elif tag in ("dict", "ordereddict", "defaultdict"):
@@ -465,7 +462,7 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
             if class_names[cls] != node.get("cls") or not isinstance(names, list):
                 continue
             if tag == "node" and _differs(aux, node.get("aux")):
-                differ.append(f"{path or 'the root'} ({node.get('cls')})")
+                differ.append(f"{at(path)} ({node.get('cls')})")
             dot = "." if tag == "namedtuple" else ""
             pairs = list(zip(children, stored, (f"{path}{dot}{name}" for name in names)))
         elif tag in ("list", "tuple") and cls is (list if tag == "list" else tuple):
