@@ -1,6 +1,7 @@
 """Builtin containers and Python values round-trip with the same structure and leaf kinds."""
 
 import collections
+import enum
 import functools
 import itertools
 import re
@@ -14,6 +15,13 @@ import eqx_msg
 
 Point = collections.namedtuple("Point", ["x", "y"])
 eqx_msg.register(Point)
+
+
+class Colour(enum.Enum):
+    RED = 1
+
+
+eqx_msg.register(Colour)
 
 
 def test_dict_list_tuple_none(roundtrip):
@@ -177,7 +185,8 @@ _STATIC_SHAPES = {  # a static value nested k levels deep, its innermost value o
         lambda v, _: functools.partial(np.add, v), range(k), inner
     ),
 }
-_INNER = {"int": 1, "big int": 2**70, "complex": 1j, "ndarray": np.arange(2), "function": np.add}
+_INNER = {"int": 1, "big int": 2**70, "complex": 1j, "ndarray": np.arange(2), "function": np.add,
+          "numpy scalar": np.float32(1), "enum member": Colour.RED}  # fmt: skip
 
 
 @pytest.mark.parametrize("shape", list(_STATIC_SHAPES))

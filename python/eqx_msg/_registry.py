@@ -111,9 +111,8 @@ def name_of(obj: Any, where: str) -> str:
         )
     if user_name(obj) is not None or public_name(obj) == name:
         return name  # a name that holds `obj`, by registration or by lookup
-    if inspect.ismethod(obj) and not isinstance(
-        obj.__self__, type
-    ):  # (a classmethod keeps its class)
+    bound_to_an_instance = inspect.ismethod(obj) and not isinstance(obj.__self__, type)
+    if bound_to_an_instance:  # (a classmethod is bound to its class, which has a name)
         raise UnserialisableError(
             f"{at(where)}: cannot store the bound method {name}: a function is stored by "
             "name, and its object would be lost. Store the object itself (a Module is a pytree), "
@@ -155,9 +154,8 @@ def _wrapped_under(obj: Any, name: str) -> Any:
         return _MISSING
     first, *rest = name[len(module_name) + 1 :].split(".")
     found = vars(module).get(first, _MISSING)
-    for (
-        attr
-    ) in rest:  # class attributes as the class gives them (staticmethods, Equinox's wrappers)
+    # Class attributes as the class gives them (staticmethods, Equinox's method wrappers).
+    for attr in rest:
         found = getattr(found, attr, _MISSING)
     for _ in range(64):  # a chain of wrappers, as deep as anyone stacks decorators
         if inner is found:
@@ -320,7 +318,7 @@ def _add_module(module: Any, defined_here_only: bool) -> None:
             _user_names.setdefault(id(obj), (obj, name))
         if name is None or not _trusted(name):
             continue
-        if defined_here_only and not (defined_here and (_private_ok(module.__name__, obj))):
+        if defined_here_only and not (defined_here and _private_ok(module.__name__, obj)):
             continue
         _by_name.setdefault(name, obj)
 

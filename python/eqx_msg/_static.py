@@ -48,6 +48,7 @@ def encode(value: Any, where: str, level: int) -> Any:
             )
         return {"$": "enum", "cls": _registry.name_of(kind, where), "v": value.name}
     if isinstance(value, np.generic):
+        _room(level + 1, where)
         return {**_encode_small_array(np.asarray(value), where), "$": "numpy_scalar"}
     # The tagged maps below hold their items in an array one level down.
     if kind is list:
