@@ -115,6 +115,17 @@ def test_metadata_that_is_not_msgpack_is_refused_naming_where():
         eqx_msg.dumps({}, metadata={"ok": 1, "a": [2, np.ones(3)]})  # arrays belong in the tree
 
 
+def test_values_msgpack_cannot_store_are_unserialisable_errors_that_say_where():
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"^metadata\['rng'\]: "):
+        eqx_msg.dumps({}, metadata={"rng": jax.random.key(0)})  # a 0-d key is no number
+    for tree in ({"s": "\udcff"}, {"\ud800": np.ones(1)}):  # lone surrogates: not UTF-8
+        with pytest.raises(eqx_msg.UnserialisableError, match=r"^the header\['tree'\].*utf-8"):
+            eqx_msg.dumps(tree)
+    for dtype in ("U3", "M8[s]", "O"):  # a static dtype the format has no name for
+        with pytest.raises(eqx_msg.UnserialisableError, match=r"^\['f'\]: dtype"):
+            eqx_msg.dumps({"f": functools.partial(np.zeros, 3, np.dtype(dtype))})
+
+
 def test_numpy_and_jax_scalars_in_metadata_are_stored_as_numbers():
     metadata = {"loss": jnp.float32(0.5), "step": np.int64(7), "done": np.bool_(True)}
     stored = eqx_msg.header(eqx_msg.dumps({}, metadata=metadata)).metadata

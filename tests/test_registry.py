@@ -294,15 +294,26 @@ def test_functions_with_side_effects_or_unbounded_cost_do_not_resolve(name):
         eqx_msg.loads(_file_naming(name))
 
 
-def test_a_model_cannot_smuggle_a_file_writer_in(tmp_path):
+@pytest.mark.parametrize("fn", [print, open, eval, np.save, eqx.tree_serialise_leaves])
+def test_saving_a_function_eqx_msg_never_loads_is_refused_at_save(fn):
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"^\['f'\]: .* never loads it"):
+        eqx_msg.dumps({"f": fn})
+
+
+def test_a_model_cannot_smuggle_a_file_writer_in(tmp_path, monkeypatch):
     victim = tmp_path / "victim.txt"
     victim.write_text("important data")
     evil = eqx.nn.MLP(
         2, 2, 4, 1, key=jax.random.key(0),
         activation=functools.partial(eqx.tree_serialise_leaves, str(victim)),
     )  # fmt: skip
+    with pytest.raises(eqx_msg.UnserialisableError, match="never loads it"):
+        eqx_msg.dumps(evil)
+    with monkeypatch.context() as m:  # a hostile writer: names without the save-side checks
+        m.setattr(_registry, "name_of", lambda obj, where: _registry.canonical_name(obj))
+        data = eqx_msg.dumps(evil)
     with pytest.raises(eqx_msg.UnknownTypeError, match="tree_serialise_leaves"):
-        eqx_msg.loads(eqx_msg.dumps(evil))
+        eqx_msg.loads(data)
     assert victim.read_text() == "important data"
 
 

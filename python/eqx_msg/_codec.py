@@ -79,17 +79,25 @@ def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
     try:
         encoded = msgpack.packb(header, use_bin_type=True, default=_metadata_scalar)
     except (TypeError, ValueError, OverflowError) as err:
+        where = _metadata_problem(metadata, "metadata")
+        if where is None:  # the tree's own values (a str that is not valid UTF-8)
+            where = _metadata_problem({"tree": flat.tree, "leaves": flat.records}, "the header")
+            raise UnserialisableError(f"{where}: cannot be stored in the header: {err}") from None
         raise UnserialisableError(
-            f"{_metadata_problem(metadata, 'metadata') or 'metadata='}: metadata must be msgpack "
-            f"data (dict, list, str, bytes, numbers, bool, None; real numpy and jax scalars "
-            f"become numbers): {err}"
+            f"{where}: metadata must be msgpack data (dict, list, str, bytes, numbers, bool, None; "
+            f"real numpy and jax scalars become numbers): {err}"
         ) from None
     return Plan(encoded, flat.records, flat.sources, data_nbytes)
 
 
 def _metadata_scalar(value: Any) -> Any:
     """msgpack's hook for what it cannot store: a numpy or 0-d jax scalar in metadata, as a number."""
-    if isinstance(value, np.generic | jax.Array) and value.ndim == 0 and value.dtype.kind in "biuf":
+    if (
+        isinstance(value, np.generic | jax.Array)
+        and isinstance(value.dtype, np.dtype)  # (not a PRNG key)
+        and value.ndim == 0
+        and value.dtype.kind in "biuf"
+    ):
         return value.item()
     raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__qualname__}")
 

@@ -111,6 +111,12 @@ def name_of(obj: Any, where: str) -> str:
         )
     if user_name(obj) is not None or public_name(obj) == name:
         return name  # a name that holds `obj`, by registration or by lookup
+    if not isinstance(obj, type) and _DENIED.search(name):
+        raise UnserialisableError(
+            f"{at(where)}: cannot store {name}: eqx_msg never loads it (its registry leaves out "
+            "functions that touch files, processes or global state); register it under a name of "
+            "your own if you trust it"
+        )
     bound_to_an_instance = inspect.ismethod(obj) and not isinstance(obj.__self__, type)
     if bound_to_an_instance:  # (a classmethod is bound to its class, which has a name)
         raise UnserialisableError(

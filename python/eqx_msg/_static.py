@@ -68,7 +68,7 @@ def encode(value: Any, where: str, level: int) -> Any:
         _room(level + 1, where)
         return {"$": "complex", "v": [value.real, value.imag]}
     if isinstance(value, np.dtype):
-        return {"$": "dtype", "v": _dtypes.name_of(value)}
+        return {"$": "dtype", "v": _dtype_name(value, where)}
     if kind is functools.partial:
         return {  # "args" is an array one level down, beside "f", whose encoding checks that level
             "$": "partial",
@@ -193,17 +193,21 @@ def _encode_small_array(value: np.ndarray, where: str) -> dict[str, Any]:
         raise UnserialisableError(
             f"{at(where)}: a {value.dtype} value cannot be static; store it as a leaf"
         )
-    try:
-        name = _dtypes.name_of(value.dtype)
-    except DTypeError as err:
-        raise UnserialisableError(f"{at(where)}: {err}") from None
     array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
     return {
         "$": "ndarray",
-        "dtype": name,
+        "dtype": _dtype_name(value.dtype, where),
         "shape": list(value.shape),
         "data": array.tobytes(),
     }
+
+
+def _dtype_name(dtype: np.dtype, where: str) -> str:
+    """The format's name of a dtype in a static value; `UnserialisableError` naming `where`."""
+    try:
+        return _dtypes.name_of(dtype)
+    except DTypeError as err:
+        raise UnserialisableError(f"{at(where)}: {err}") from None
 
 
 def _decode_small_array(data: dict[str, Any], where: str) -> np.ndarray:

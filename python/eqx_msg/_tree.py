@@ -453,7 +453,7 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
             continue  # a leaf on either side
         cls, aux = data
         tag, stored, children = node.get("t"), node["c"], treedef.children()
-        if len(children) != len(stored):
+        if not isinstance(tag, str) or len(children) != len(stored):
             continue
         if tag in ("node", "namedtuple"):
             if cls not in class_names:
