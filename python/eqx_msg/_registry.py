@@ -111,7 +111,7 @@ def name_of(obj: Any, where: str) -> str:
         )
     if user_name(obj) is not None or public_name(obj) == name:
         return name  # a name that holds `obj`, by registration or by lookup
-    if not isinstance(obj, type) and _DENIED.search(name):
+    if not isinstance(obj, type) and name.startswith(_TRUSTED) and _DENIED.search(name):
         raise UnserialisableError(
             f"{at(where)}: cannot store {name}: eqx_msg never loads it (its registry leaves out "
             "functions that touch files, processes or global state); register it under a name of "
