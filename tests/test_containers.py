@@ -127,10 +127,16 @@ def test_values_msgpack_cannot_store_are_unserialisable_errors_that_say_where():
 
 
 def test_numpy_and_jax_scalars_in_metadata_are_stored_as_numbers():
-    metadata = {"loss": jnp.float32(0.5), "step": np.int64(7), "done": np.bool_(True)}
+    metadata = {
+        "loss": jnp.float32(0.5),
+        "step": np.int64(7),
+        "done": np.bool_(True),
+        "lr": jnp.asarray(0.25, jnp.bfloat16),
+        "scale": np.float16(1.5),
+    }
     stored = eqx_msg.header(eqx_msg.dumps({}, metadata=metadata)).metadata
-    assert stored == {"loss": 0.5, "step": 7, "done": True}
-    assert [type(v) for v in stored.values()] == [float, int, bool]
+    assert stored == {"loss": 0.5, "step": 7, "done": True, "lr": 0.25, "scale": 1.5}
+    assert [type(v) for v in stored.values()] == [float, int, bool, float, float]
 
 
 def test_loads_refuses_a_non_contiguous_buffer_with_a_type_error():

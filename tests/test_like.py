@@ -1,5 +1,8 @@
 """like=: the structure comes from a given pytree; every mismatch is reported by key path."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import equinox as eqx
@@ -145,3 +148,40 @@ def test_like_and_filter_that_jax_cannot_flatten_are_eqx_msg_errors(tmp_path):
         eqx_msg.load(path, like=tree)
     with pytest.raises(eqx_msg.KeyPathError, match="filter= is not a pytree JAX can"):
         eqx_msg.load(path, filter={1: True, "a": False})
+
+
+class WithStatics(eqx.Module):
+    w: jax.Array
+    table: dict = eqx.field(static=True)
+    names: frozenset = eqx.field(static=True)
+
+
+def test_like_does_not_warn_for_static_dicts_in_another_order_or_sets():
+    eqx_msg.register(WithStatics)
+    saved = WithStatics(jnp.ones(2), {"a": 1, "b": 2}, frozenset({"alpha", "beta", "gamma"}))
+    data = eqx_msg.dumps(saved)
+    same = WithStatics(jnp.ones(2), {"b": 2, "a": 1}, frozenset({"gamma", "beta", "alpha"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eqx_msg.loads(data, like=same)
+    with pytest.warns(UserWarning, match="static fields"):
+        eqx_msg.loads(data, like=WithStatics(jnp.ones(2), {"a": 1, "b": 3}, same.names))
+
+
+def test_a_set_is_written_in_the_same_order_in_every_process():
+    code = (
+        "import functools, sys, eqx_msg; "
+        "sys.stdout.write(eqx_msg.dumps({'f': functools.partial(max, "
+        "frozenset({'alpha', 'beta', 'gamma', 'delta', 'epsilon'}))}).hex())"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(runs) == 1

@@ -95,6 +95,20 @@ def test_a_wrapper_that_reports_its_functions_name_is_refused_not_saved_as_that_
     assert eqx_msg.loads(eqx_msg.dumps(Head(jnp.ones(2), wrapper)), allow=[Head]).act is wrapper
 
 
+jitted_energy = jax.jit(energy)  # bound at module level, but it reports the name `energy`
+
+
+def test_the_wrapper_refusal_suggests_the_name_the_module_binds_it_to():
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"name='test_registry.jitted_energy'"):
+        eqx_msg.dumps({"f": jitted_energy})
+
+
+@pytest.mark.parametrize("annotation", [tuple[int, int], dict[str, int], list[str]])
+def test_a_type_annotation_is_refused_it_would_load_as_its_origin(annotation):
+    with pytest.raises(eqx_msg.UnserialisableError, match="type annotation"):
+        eqx_msg.dumps({"f": functools.partial(max, annotation)})
+
+
 def test_functions_the_module_binds_under_their_name_are_stored_by_it():
     for fn in (jitted_at_module_level, Tools.double, energy):
         loaded = eqx_msg.loads(eqx_msg.dumps(Head(jnp.ones(2), fn)), allow=[Head, fn])
@@ -298,7 +312,7 @@ def load_balance_loss(x):  # a user's name that the library deny list would matc
     return x
 
 
-@pytest.mark.parametrize("fn", [print, exec, eval, np.save, eqx.tree_serialise_leaves])
+@pytest.mark.parametrize("fn", [print, exec, eval, np.save, eqx.tree_serialise_leaves, np.memmap])
 def test_saving_a_function_eqx_msg_never_loads_is_refused_at_save(fn):
     with pytest.raises(eqx_msg.UnserialisableError, match=r"^\['f'\]: .* never loads it"):
         eqx_msg.dumps({"f": fn})

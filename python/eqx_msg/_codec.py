@@ -96,9 +96,11 @@ def _metadata_scalar(value: Any) -> Any:
         isinstance(value, np.generic | jax.Array)
         and isinstance(value.dtype, np.dtype)  # (not a PRNG key)
         and value.ndim == 0
-        and value.dtype.kind in "biuf"
     ):
-        return value.item()
+        if value.dtype.kind in "biu":
+            return value.item()
+        if jax.dtypes.issubdtype(value.dtype, np.floating):  # bfloat16 and float8 too
+            return float(value)
     raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__qualname__}")
 
 

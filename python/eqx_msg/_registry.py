@@ -19,6 +19,7 @@ import collections
 import inspect
 import re
 import sys
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -102,6 +103,11 @@ def register(obj: T, name: str | None = None) -> T:
 
 def name_of(obj: Any, where: str) -> str:
     """The name under which `obj` is stored; `UnserialisableError` (naming `where`) if it has none."""
+    if typing.get_origin(obj) is not None:  # `tuple[int, int]` reports the name of `tuple`
+        raise UnserialisableError(
+            f"{at(where)}: cannot store the type annotation {obj!r:.80}: it would load as "
+            f"{typing.get_origin(obj)!r}. Store a class, or the annotation's text"
+        )
     name = _stored_name(obj)
     if name is None:
         raise UnserialisableError(
@@ -111,11 +117,11 @@ def name_of(obj: Any, where: str) -> str:
         )
     if user_name(obj) is not None or public_name(obj) == name:
         return name  # a name that holds `obj`, by registration or by lookup
-    if not isinstance(obj, type) and name.startswith(_TRUSTED) and _DENIED.search(name):
+    if name.startswith(_TRUSTED) and _DENIED.search(name):
         raise UnserialisableError(
             f"{at(where)}: cannot store {name}: eqx_msg never loads it (its registry leaves out "
-            "functions that touch files, processes or global state); register it under a name of "
-            "your own if you trust it"
+            "what touches files, processes or global state); register it under a name of your "
+            "own if you trust it"
         )
     bound_to_an_instance = inspect.ismethod(obj) and not isinstance(obj.__self__, type)
     if bound_to_an_instance:  # (a classmethod is bound to its class, which has a name)
@@ -126,12 +132,15 @@ def name_of(obj: Any, where: str) -> str:
         )
     wrapped = _wrapped_under(obj, name)
     if wrapped is not _MISSING:
+        module = sys.modules.get(getattr(obj, "__module__", ""))
+        members = vars(module).items() if module is not None else ()
+        bound = [f"{obj.__module__}.{k}" for k, v in members if v is obj][:1]
         raise UnserialisableError(
             f"{at(where)}: cannot store {obj!r:.80} as {name!r}: it wraps {wrapped!r:.60}, "
             "which that name holds, and would load as it (jax.jit, jax.grad, jax.vmap and "
             "functools.wraps wrappers report the name of the function they wrap). Store the "
-            "function itself, bind the wrapper to a module-level name, or register it under a name "
-            "of its own: eqx_msg.register(obj, name='...')."
+            "function itself, or register the wrapper under a name of its own: "
+            f"eqx_msg.register(obj, name={(bound or ['...'])[0]!r})."
         )
     return name
 

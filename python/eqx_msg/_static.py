@@ -13,6 +13,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from . import _core, _dtypes, _registry
@@ -63,7 +64,9 @@ def encode(value: Any, where: str, level: int) -> Any:
         }
     if kind is set or kind is frozenset:
         _room(level + 1, where)
-        return {"$": kind.__name__, "v": [encode(v, where, level + 2) for v in value]}
+        items = [encode(v, where, level + 2) for v in value]
+        return {"$": kind.__name__, "v": sorted(items, key=_packed)}  # not in hash order: the
+        # same set gives the same bytes in every process
     if kind is complex:
         _room(level + 1, where)
         return {"$": "complex", "v": [value.real, value.imag]}
@@ -96,6 +99,32 @@ def encode(value: Any, where: str, level: int) -> Any:
         "module-level functions and classes; "
         "a sentinel object can be stored by name after eqx_msg.register(obj, name=...)." + hint
     )
+
+
+def canonical(encoded: Any) -> bytes:
+    """An encoded static value as msgpack bytes that equal values share (dict entries and set items
+    in a fixed order), for comparing flatten data."""
+    return _packed(_normalised(encoded))
+
+
+def _normalised(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_normalised(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {key: _normalised(value) for key, value in data.items()}
+    keys, values, tag = out.get("k"), out.get("v"), out.get("$")
+    if tag == "dict" and isinstance(keys, list) and isinstance(values, list):
+        pairs = sorted(zip(keys, values), key=lambda pair: _packed(pair[0]))
+        out["k"], out["v"] = [k for k, _ in pairs], [v for _, v in pairs]
+    elif tag in ("set", "frozenset") and isinstance(values, list):
+        out["v"] = sorted(values, key=_packed)
+    return out
+
+
+def _packed(encoded: Any) -> bytes:
+    """An encoded static value as msgpack bytes (a total order for set items and dict keys)."""
+    return msgpack.packb(encoded, use_bin_type=True)
 
 
 def _room(level: int, where: str) -> None:

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple, TypeVar
 import equinox as eqx
 import jax
 import jax.tree_util as jtu
-import msgpack
 import numpy as np
 from jax._src.tree_util import default_registry
 
@@ -500,13 +499,13 @@ def _stored_class(cls: type) -> str | None:
 
 
 def _differs(aux: Any, stored: Any) -> bool:
-    """Whether flatten data `aux`, encoded, differs from the file's (compared as msgpack bytes, so
-    NaN equals NaN and 1.0 differs from np.float32(1.0)); False if `aux` cannot be stored."""
+    """Whether flatten data `aux`, encoded, differs from the file's: compared as msgpack bytes (so
+    NaN equals NaN and 1.0 differs from np.float32(1.0)), dicts in any key order. False if `aux`
+    cannot be stored."""
     try:
-        mine = _static.encode(aux, "", 3)
-    except EqxMsgError:
+        return _static.canonical(_static.encode(aux, "", 3)) != _static.canonical(stored)
+    except (EqxMsgError, ValueError, TypeError, OverflowError):  # (a str that is not UTF-8)
         return False
-    return msgpack.packb(mine, use_bin_type=True) != msgpack.packb(stored, use_bin_type=True)
 
 
 def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
