@@ -121,6 +121,8 @@ def test_values_msgpack_cannot_store_are_unserialisable_errors_that_say_where():
     for tree in ({"s": "\udcff"}, {"\ud800": np.ones(1)}):  # lone surrogates: not UTF-8
         with pytest.raises(eqx_msg.UnserialisableError, match=r"^the header\['tree'\].*utf-8"):
             eqx_msg.dumps(tree)
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"^\['f'\]: cannot store a set item"):
+        eqx_msg.dumps({"f": functools.partial(max, frozenset({"a", "\ud800"}))})
     for dtype in ("U3", "M8[s]", "O"):  # a static dtype the format has no name for
         with pytest.raises(eqx_msg.UnserialisableError, match=r"^\['f'\]: dtype"):
             eqx_msg.dumps({"f": functools.partial(np.zeros, 3, np.dtype(dtype))})
@@ -133,10 +135,11 @@ def test_numpy_and_jax_scalars_in_metadata_are_stored_as_numbers():
         "done": np.bool_(True),
         "lr": jnp.asarray(0.25, jnp.bfloat16),
         "scale": np.float16(1.5),
+        "bits": jnp.asarray(3, jnp.int4),
     }
     stored = eqx_msg.header(eqx_msg.dumps({}, metadata=metadata)).metadata
-    assert stored == {"loss": 0.5, "step": 7, "done": True, "lr": 0.25, "scale": 1.5}
-    assert [type(v) for v in stored.values()] == [float, int, bool, float, float]
+    assert stored == {"loss": 0.5, "step": 7, "done": True, "lr": 0.25, "scale": 1.5, "bits": 3}
+    assert [type(v) for v in stored.values()] == [float, int, bool, float, float, int]
 
 
 def test_loads_refuses_a_non_contiguous_buffer_with_a_type_error():

@@ -99,6 +99,8 @@ def _metadata_scalar(value: Any) -> Any:
     ):
         if value.dtype.kind in "biu":
             return value.item()
+        if jax.dtypes.issubdtype(value.dtype, np.integer):  # int4, uint2, ...
+            return int(value)
         if jax.dtypes.issubdtype(value.dtype, np.floating):  # bfloat16 and float8 too
             return float(value)
     raise TypeError(f"cannot store a {type(value).__module__}.{type(value).__qualname__}")

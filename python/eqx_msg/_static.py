@@ -65,8 +65,11 @@ def encode(value: Any, where: str, level: int) -> Any:
     if kind is set or kind is frozenset:
         _room(level + 1, where)
         items = [encode(v, where, level + 2) for v in value]
-        return {"$": kind.__name__, "v": sorted(items, key=_packed)}  # not in hash order: the
-        # same set gives the same bytes in every process
+        try:  # not in hash order: the same set gives the same bytes in every process
+            items.sort(key=_packed)
+        except (ValueError, TypeError) as err:  # (a str that is not UTF-8)
+            raise UnserialisableError(f"{at(where)}: cannot store a set item: {err}") from None
+        return {"$": kind.__name__, "v": items}
     if kind is complex:
         _room(level + 1, where)
         return {"$": "complex", "v": [value.real, value.imag]}
