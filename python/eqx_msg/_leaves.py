@@ -68,6 +68,7 @@ class _Type(NamedTuple):
     key_impl: str | None
     abstract: jax.ShapeDtypeStruct
     x64_only: bool
+    in_jax: bool  # False for dtypes XLA has no arrays of
 
 
 @functools.lru_cache(maxsize=4096)
@@ -79,6 +80,7 @@ def _type(name: str, shape: tuple[int, ...], weak_type: bool, key_impl: str | No
         key_impl,
         _abstract(shape, name, weak_type, key_impl),  # an unknown key impl: HeaderError, up front
         name in _X64_ONLY,
+        name not in _NOT_IN_JAX,
     )
 
 
@@ -142,9 +144,9 @@ def build_leaves(
         for i, (kind, host) in enumerate(zip(kinds, hosts))
         if kind in placed_kinds and host is not None
     ]
-    if any(t.dtype.name in _NOT_IN_JAX for t in types):
+    if not all(t.in_jax for t in types):
         for i in to_place:
-            if types[which[i]].dtype.name in _NOT_IN_JAX:
+            if not types[which[i]].in_jax:
                 where = at(paths()[i]) if paths is not None else f"leaf {i}"
                 raise DTypeError(
                     f"{where}: a jax leaf of dtype {types[which[i]].dtype.name}, which JAX has no "

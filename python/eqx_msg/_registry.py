@@ -117,7 +117,7 @@ def name_of(obj: Any, where: str) -> str:
         )
     if user_name(obj) is not None or public_name(obj) == name:
         return name  # a name that holds `obj`, by registration or by lookup
-    if name.startswith(_TRUSTED) and _DENIED.search(name):
+    if name.startswith(_TRUSTED) and not _trusted(name):  # a library name on the deny list
         raise UnserialisableError(
             f"{at(where)}: cannot store {name}: eqx_msg never loads it (its registry leaves out "
             "what touches files, processes or global state); register it under a name of your "
@@ -132,9 +132,7 @@ def name_of(obj: Any, where: str) -> str:
         )
     wrapped = _wrapped_under(obj, name)
     if wrapped is not _MISSING:
-        module = sys.modules.get(getattr(obj, "__module__", ""))
-        members = vars(module).items() if module is not None else ()
-        bound = [f"{obj.__module__}.{k}" for k, v in members if v is obj][:1]
+        bound = _names_holding(obj.__module__, obj)  # (`_wrapped_under` checked __module__)
         raise UnserialisableError(
             f"{at(where)}: cannot store {obj!r:.80} as {name!r}: it wraps {wrapped!r:.60}, "
             "which that name holds, and would load as it (jax.jit, jax.grad, jax.vmap and "
@@ -190,13 +188,16 @@ def _lambda_name(obj: Any) -> str | None:
     module_name = getattr(obj, "__module__", None)
     if not _is_lambda(obj) or not isinstance(module_name, str):
         return None
-    module = sys.modules.get(module_name)
-    if module is None or module_name.partition(".")[0] not in _SEED_PACKAGES:
+    if module_name.partition(".")[0] not in _SEED_PACKAGES:
         return None
-    for attr, value in vars(module).items():
-        if value is obj and _trusted(f"{module_name}.{attr}"):
-            return f"{module_name}.{attr}"
-    return None
+    return next((name for name in _names_holding(module_name, obj) if _trusted(name)), None)
+
+
+def _names_holding(module_name: str, obj: Any) -> list[str]:
+    """`module.attr` for each module-level name of an imported module that holds `obj`."""
+    module = sys.modules.get(module_name)
+    members = vars(module).items() if module is not None else ()
+    return [f"{module_name}.{attr}" for attr, value in members if value is obj]
 
 
 def public_name(obj: Any) -> str | None:

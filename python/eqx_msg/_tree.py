@@ -503,7 +503,8 @@ def _differs(aux: Any, stored: Any) -> bool:
     NaN equals NaN and 1.0 differs from np.float32(1.0)), dicts in any key order. False if `aux`
     cannot be stored."""
     try:
-        return _static.canonical(_static.encode(aux, "", 3)) != _static.canonical(stored)
+        mine = _static.encode(aux, "", level=3)  # (a root node's aux level: only compared)
+        return _static.canonical(mine) != _static.canonical(stored)
     except (EqxMsgError, ValueError, TypeError, OverflowError):  # (a str that is not UTF-8)
         return False
 
