@@ -7,6 +7,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import functools  # noqa: E402
 import math  # noqa: E402
 import struct  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
@@ -21,6 +22,44 @@ def frame(header: dict, data: bytes, alignment: int = 64, version: int = 1) -> b
     start = 16 + len(encoded)
     pad = (-start) % alignment
     return b"EQXMSG" + struct.pack("<HQ", version, len(encoded)) + encoded + bytes(pad) + data
+
+
+def parts(data: bytes) -> tuple[bytes, dict, bytes]:
+    """(magic and version, header map, data section) of an eqx_msg file, read with plain msgpack."""
+    (header_len,) = struct.unpack_from("<Q", data, 8)
+    header = msgpack.unpackb(data[16 : 16 + header_len], raw=False, strict_map_key=False)
+    start = -(-(16 + header_len) // header["alignment"]) * header["alignment"]
+    return data[:8], header, data[start:]
+
+
+def reframe(data: bytes, edit: Callable[[dict], Any]) -> bytes:
+    """An eqx_msg file with its header changed in place by `edit`, its data section unchanged."""
+    _, header, section = parts(data)
+    edit(header)
+    return frame(header, section, header["alignment"], struct.unpack_from("<H", data, 6)[0])
+
+
+def format_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a name in the format's dtype table; skips the test (saying why) if the
+    installed ml_dtypes has no such type (the table follows the newest ml_dtypes)."""
+    import ml_dtypes
+
+    found = getattr(ml_dtypes, name, None)
+    if found is not None:
+        return np.dtype(found)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        pytest.skip(f"the installed ml_dtypes {ml_dtypes.__version__} has no {name}")
+
+
+def jax_holds(dtype: np.dtype) -> bool:
+    """Whether a jax.Array can be made of `dtype` with the installed JAX."""
+    try:
+        jax.numpy.asarray(np.zeros(1, dtype)).block_until_ready()
+    except Exception:
+        return False
+    return True
 
 
 def leaf_bytes(x: Any) -> bytes:

@@ -6,6 +6,10 @@ tests/fixtures/ are what users' checkpoints of each writer generation look like,
 forever. To add one (after a deliberate change to what the writer emits):
 
     python tests/golden.py tests/fixtures/v1_<what changed>.eqx
+
+`v1_every_dtype.eqx` is the other kind of golden file: one numpy leaf of each name in the format's
+dtype table (FORMAT.md section 5), built by `every_dtype()`. When the table gains a name, add a new
+`v1_every_dtype_<n>.eqx` with `python tests/golden.py --every-dtype PATH` and keep the old one.
 """
 
 from __future__ import annotations
@@ -110,11 +114,54 @@ def tree() -> dict[str, Any]:
     }
 
 
+# The format's dtype table when v1_every_dtype.eqx was written, in FORMAT.md's order.
+EVERY_DTYPE = ["bool", "int8", "uint8", "int16", "uint16", "float16", "bfloat16", "int32", "uint32",
+               "float32", "int64", "uint64", "float64", "complex64", "complex128", "float8_e3m4",
+               "float8_e4m3", "float8_e4m3b11fnuz", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+               "float8_e5m2fnuz", "float8_e5m3fnu", "float8_e8m0fnu", "float6_e2m3fn",
+               "float6_e3m2fn", "int4", "uint4", "float4_e2m1fn", "int2", "uint2"]  # fmt: skip
+
+
+def exact_values(count: int, name: str) -> np.ndarray:
+    """`count` values that dtype `name` holds exactly, as float64 / int64 / bool, before any cast.
+
+    Integers cycle through -2..1 (0..3 unsigned), which even int2 holds; floats through +-0.5, 1, 2,
+    4 (no sign for the unsigned float8 types), which even float4_e2m1fn and float8_e8m0fnu hold.
+    """
+    k = np.arange(count)
+    if name == "bool":
+        return k % 3 == 0
+    if "int" in name:
+        return k % 4 - (0 if name.startswith("u") else 2)
+    values = 2.0 ** (k % 4 - 1)
+    if not name.endswith("fnu"):  # float8_e5m3fnu, float8_e8m0fnu: unsigned
+        values = np.where(k % 2 == 1, -values, values)
+    if name.startswith("complex"):
+        return values + 1j * values[::-1]
+    return values
+
+
+def every_dtype() -> dict[str, np.ndarray]:
+    """One (2, 3) numpy leaf per name of `EVERY_DTYPE`, from `exact_values`.
+
+    Needs an ml_dtypes that has every name: `getattr` raises for one it lacks.
+    """
+    return {
+        name: exact_values(6, name).astype(getattr(ml_dtypes, name, name)).reshape(2, 3)
+        for name in EVERY_DTYPE
+    }
+
+
 def main(argv: list[str]) -> int:
-    """Write the golden tree to the path in `argv`, refusing to overwrite an existing file."""
-    (path,) = argv
+    """Write the golden tree (or with `--every-dtype`, `every_dtype()`) to the path in `argv`,
+    refusing to overwrite an existing file."""
+    *flags, path = argv
+    data = (
+        eqx_msg.dumps(every_dtype()) if flags == ["--every-dtype"]
+        else eqx_msg.dumps(tree(), metadata=METADATA)
+    )  # fmt: skip
     with open(path, "xb") as f:  # "x": a golden file is never rewritten
-        f.write(eqx_msg.dumps(tree(), metadata=METADATA))
+        f.write(data)
     print(f"wrote {path}")
     return 0
 

@@ -4,21 +4,21 @@ the newest one again (apart from the `writer` versions it records).
 tests/golden.py builds the tree; tests/fixtures/ holds one file per writer generation, never rewritten.
 """
 
-import struct
 from pathlib import Path
 
 import golden
 import jax
-import msgpack
+import ml_dtypes
 import numpy as np
 import pytest
 
 import eqx_msg
 
-from conftest import assert_same_tree
+from conftest import assert_same_tree, parts
 
 FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = sorted(FIXTURES.glob("v1_*.eqx"))
+EVERY_DTYPE = FIXTURES / "v1_every_dtype.eqx"  # one leaf per dtype name: golden.every_dtype()
+GOLDEN = sorted(set(FIXTURES.glob("v1_*.eqx")) - {EVERY_DTYPE})  # golden.tree(), one per generation
 NEWEST = FIXTURES / "v1_node_keys.eqx"  # what today's writer makes
 
 
@@ -41,17 +41,9 @@ def test_golden_file_loads_to_the_golden_tree(path):
         np.testing.assert_array_equal(reader["['jax']['float32']"], golden.ramp((2, 4), np.float32))
 
 
-def _parts(data: bytes) -> tuple[bytes, dict, bytes]:
-    """(prefix, header map, data section) of an eqx_msg file."""
-    (header_len,) = struct.unpack_from("<Q", data, 8)
-    header = msgpack.unpackb(data[16 : 16 + header_len], raw=False, strict_map_key=False)
-    start = -(-(16 + header_len) // header["alignment"]) * header["alignment"]
-    return data[:8], header, data[start:]
-
-
 def test_todays_writer_makes_the_newest_golden_file():
-    fresh = _parts(eqx_msg.dumps(golden.tree(), metadata=golden.METADATA))
-    saved = _parts(NEWEST.read_bytes())
+    fresh = parts(eqx_msg.dumps(golden.tree(), metadata=golden.METADATA))
+    saved = parts(NEWEST.read_bytes())
     assert fresh[0] == saved[0]  # magic and version
     fresh_header, saved_header = dict(fresh[1]), dict(saved[1])
     assert set(fresh_header.pop("writer")) == set(saved_header.pop("writer"))
@@ -62,6 +54,41 @@ def test_todays_writer_makes_the_newest_golden_file():
         )
     assert fresh_header == saved_header
     assert fresh[2] == saved[2]  # the data section, byte for byte
+
+
+def test_the_every_dtype_file_holds_the_whole_dtype_table():
+    assert eqx_msg._core.dtype_names() == golden.EVERY_DTYPE  # the table grew: add a new file
+    header = eqx_msg.header(str(EVERY_DTYPE))
+    assert [(leaf.path, leaf.dtype) for leaf in header.leaves] == [
+        (f"[{name!r}]", name) for name in golden.EVERY_DTYPE
+    ]
+
+
+@pytest.mark.parametrize("name", golden.EVERY_DTYPE)
+def test_every_dtype_file_leaf_reads_exactly_or_names_what_is_missing(name):
+    with eqx_msg.open(EVERY_DTYPE) as reader:
+        if not hasattr(ml_dtypes, name) and not hasattr(np, name):
+            with pytest.raises(
+                eqx_msg.DTypeError, match=rf"{name} .*ml_dtypes {ml_dtypes.__version__}"
+            ):
+                reader[f"[{name!r}]"]
+            with pytest.raises(eqx_msg.DTypeError, match=rf"\[{name!r}\]: dtype {name} "):
+                eqx_msg.load(EVERY_DTYPE, as_numpy=True)  # the whole tree: that leaf, by path
+            return
+        value = reader[f"[{name!r}]"]
+    assert value.dtype.name == name and value.shape == (2, 3)
+    expected = golden.exact_values(6, name).reshape(2, 3)
+    np.testing.assert_array_equal(value.astype(expected.dtype), expected)
+
+
+def test_todays_writer_makes_the_every_dtype_file_again():
+    lacking = [n for n in golden.EVERY_DTYPE if not hasattr(ml_dtypes, n) and not hasattr(np, n)]
+    if lacking:
+        pytest.skip(f"ml_dtypes {ml_dtypes.__version__} lacks {lacking}: cannot build the tree")
+    fresh = parts(eqx_msg.dumps(golden.every_dtype()))
+    saved = parts(EVERY_DTYPE.read_bytes())
+    assert set(fresh[1].pop("writer")) == set(saved[1].pop("writer"))
+    assert fresh == saved
 
 
 def test_filter_on_a_file_whose_nodes_do_not_name_their_children():

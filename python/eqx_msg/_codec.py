@@ -197,6 +197,7 @@ class File:
         """
         if self._dtypes is None:
             self._dtypes = _leaves.numpy_dtypes(self.table)
+        _leaves.refuse_unreadable(self.table, self._dtypes, indices, self.header.paths)
         return self.header.arrays(self.buf, self._dtypes, indices)
 
     @property

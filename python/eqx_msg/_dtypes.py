@@ -22,7 +22,15 @@ def to_numpy(name: str) -> np.dtype:
     if name not in _NAMES:
         raise DTypeError(f"unknown dtype {name!r}; the format knows {sorted(_NAMES)}")
     found = getattr(ml_dtypes, name, None)
-    return np.dtype(found) if found is not None else np.dtype(name)
+    if found is not None:
+        return np.dtype(found)
+    try:
+        return np.dtype(name)
+    except TypeError:  # a name the format gained after the installed ml_dtypes
+        raise DTypeError(
+            f"dtype {name} is in the format's table, but the installed ml_dtypes "
+            f"{ml_dtypes.__version__} has no such type: upgrade ml_dtypes to read it"
+        ) from None
 
 
 def name_of(dtype: np.dtype) -> str:

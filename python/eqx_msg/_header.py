@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, NonNegativeInt, model_validator
+
+from . import _core
 
 FORMAT_NAME = "eqx_msg"
 LeafKind = Literal["numpy", "numpy_scalar", "jax", "key", "abstract"]
@@ -53,7 +55,10 @@ class LeafSpec(_Model):
 
     path: str = Field(description="the key path, as jax.tree_util.keystr writes it")
     kind: LeafKind
-    dtype: str = Field(description="a dtype name from FORMAT.md section 5")
+    dtype: str = Field(  # the Rust core checks the name; the enum documents the table
+        description="a dtype name from FORMAT.md section 5",
+        json_schema_extra={"enum": list[JsonValue](_core.dtype_names())},
+    )
     shape: list[NonNegativeInt]
     offset: NonNegativeInt | None = Field(None, description="start, relative to the data section")
     nbytes: NonNegativeInt | None = None

@@ -14,7 +14,6 @@ from ._errors import DTypeError, HeaderError, LayoutError, at, warn
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
-_NOT_IN_JAX = frozenset({"float6_e2m3fn", "float6_e3m2fn"})  # XLA has no such types (numpy only)
 _KINDS = frozenset({"numpy", "numpy_scalar", "jax", "key", "abstract"})
 _PLACED = frozenset({"jax", "key"})  # kinds that go to a device
 _KEYS_ONLY = frozenset({"key"})  # with as_numpy: numpy has no typed PRNG keys
@@ -68,7 +67,6 @@ class _Type(NamedTuple):
     key_impl: str | None
     abstract: jax.ShapeDtypeStruct
     x64_only: bool
-    in_jax: bool  # False for dtypes XLA has no arrays of
 
 
 @functools.lru_cache(maxsize=4096)
@@ -80,8 +78,21 @@ def _type(name: str, shape: tuple[int, ...], weak_type: bool, key_impl: str | No
         key_impl,
         _abstract(shape, name, weak_type, key_impl),  # an unknown key impl: HeaderError, up front
         name in _X64_ONLY,
-        name not in _NOT_IN_JAX,
     )
+
+
+@functools.cache
+def _jax_holds(dtype: np.dtype) -> bool:
+    """Whether a `jax.Array` can hold `dtype` here (XLA has no float6, and each jax version takes up
+    ml_dtypes' newer types later): found once per dtype by placing one element on the default device.
+    """
+    if dtype.kind in "biufc":  # numpy's own types
+        return True
+    try:
+        jax.block_until_ready(jax.device_put(np.zeros(1, dtype)))
+    except Exception:  # a TypeError from jax, an XlaRuntimeError from XLA: either way, it cannot
+        return False
+    return True
 
 
 def _types(table: Table) -> list[_Type]:
@@ -89,14 +100,45 @@ def _types(table: Table) -> list[_Type]:
     for t, (name, shape, weak, impl) in enumerate(table.types):  # one per distinct type: few
         try:
             types.append(_type(name, tuple(shape), weak, impl))
-        except HeaderError as err:  # name the first leaf of that type
-            raise HeaderError(f"leaf {list(table.which).index(t)}: {err}") from None
+        except (HeaderError, DTypeError) as err:  # name the first leaf of that type
+            raise type(err)(f"leaf {list(table.which).index(t)}: {err}") from None
     return types
 
 
 def numpy_dtypes(table: Table) -> list[np.dtype]:
-    """The numpy dtype of each of a table's types: what `_core.FileHeader.arrays` views bytes as."""
-    return [t.dtype for t in _types(table)]
+    """The numpy dtype of each of a table's types: what `_core.FileHeader.arrays` views bytes as.
+
+    A dtype of the format that the installed ml_dtypes lacks gets a void placeholder of its width,
+    so the file's other leaves stay readable: `refuse_unreadable` stops its own leaves.
+    """
+    dtypes = []
+    for t, (name, shape, weak, impl) in enumerate(table.types):  # one per distinct type: few
+        try:
+            dtypes.append(_type(name, tuple(shape), weak, impl).dtype)
+        except DTypeError:
+            dtypes.append(np.dtype(f"V{max(_core.dtype_bits(name), 8) // 8}"))
+        except HeaderError as err:  # name the first leaf of that type
+            raise HeaderError(f"leaf {list(table.which).index(t)}: {err}") from None
+    return dtypes
+
+
+def refuse_unreadable(
+    table: Table,
+    dtypes: Sequence[np.dtype],
+    indices: Sequence[int] | None,
+    paths: Callable[[], Sequence[str]],
+) -> None:
+    """`DTypeError` naming the first leaf among `indices` (all if None) whose `numpy_dtypes` entry is
+    a placeholder: a dtype the installed ml_dtypes cannot hold."""
+    placeholders = {t for t, dtype in enumerate(dtypes) if dtype.type is np.void}
+    if not placeholders:
+        return
+    for i in range(len(table.which)) if indices is None else indices:
+        if table.which[i] in placeholders:
+            try:
+                _dtypes.to_numpy(table.types[table.which[i]][0])
+            except DTypeError as err:
+                raise DTypeError(f"{at(paths()[i])}: {err}") from None
 
 
 def _type_key(record: dict[str, Any]) -> tuple[str, tuple[int, ...], bool, str | None]:
@@ -144,9 +186,10 @@ def build_leaves(
         for i, (kind, host) in enumerate(zip(kinds, hosts))
         if kind in placed_kinds and host is not None
     ]
-    if not all(t.in_jax for t in types):
+    unheld = {t for t in {which[i] for i in to_place} if not _jax_holds(types[t].dtype)}
+    if unheld:
         for i in to_place:
-            if not types[which[i]].in_jax:
+            if which[i] in unheld:
                 where = at(paths()[i]) if paths is not None else f"leaf {i}"
                 raise DTypeError(
                     f"{where}: a jax leaf of dtype {types[which[i]].dtype.name}, which JAX has no "

@@ -26,6 +26,7 @@ const NAMES: &[&str] = &[
     "float8_e4m3fnuz",
     "float8_e5m2",
     "float8_e5m2fnuz",
+    "float8_e5m3fnu",
     "float8_e8m0fnu",
     "float6_e2m3fn",
     "float6_e3m2fn",
@@ -50,7 +51,8 @@ pub fn lookup(name: &str) -> Option<u32> {
         "int64" | "uint64" | "float64" | "complex64" => 64,
         "complex128" => 128,
         "float8_e3m4" | "float8_e4m3" | "float8_e4m3b11fnuz" | "float8_e4m3fn"
-        | "float8_e4m3fnuz" | "float8_e5m2" | "float8_e5m2fnuz" | "float8_e8m0fnu" => 8,
+        | "float8_e4m3fnuz" | "float8_e5m2" | "float8_e5m2fnuz" | "float8_e5m3fnu"
+        | "float8_e8m0fnu" => 8,
         "float6_e2m3fn" | "float6_e3m2fn" => 8,
         "int4" | "uint4" | "float4_e2m1fn" => 4,
         "int2" | "uint2" => 2,
@@ -109,7 +111,8 @@ mod tests {
 
     #[test]
     fn table_is_consistent() {
-        assert_eq!(names().len(), 30);
+        assert_eq!(names().len(), 31);
+        assert_eq!(bits("float8_e5m3fnu").unwrap(), 8);
         for n in names() {
             assert!(lookup(n).is_some(), "{n}");
         }
