@@ -19,7 +19,6 @@ from ._codec import (
     dumps_into,
     dumps_size,
     loads,
-    validate_header,
 )
 from ._core import VERSION as FORMAT_VERSION
 from ._core import __version__
@@ -50,7 +49,7 @@ def header(data: Any) -> Header:
     if isinstance(data, str) or hasattr(data, "__fspath__"):
         with open(data) as reader:
             return reader.header
-    return validate_header(File(as_bytes_array(data)).raw)
+    return File(as_bytes_array(data)).validated
 
 
 __all__ = [

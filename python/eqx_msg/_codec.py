@@ -19,6 +19,7 @@ from . import _core, _leaves, _place, _registry, _static, _tree
 from ._errors import (
     HeaderError,
     LayoutError,
+    LimitError,
     ShardingError,
     StructureMismatchError,
     UnserialisableError,
@@ -180,6 +181,7 @@ class File:
         self.header = _core.FileHeader(buf)
         self.data_start = self.header.data_start
         self._raw: dict[str, Any] | None = None
+        self._validated: Header | None = None
         self._table: _leaves.Table | None = None
         self._dtypes: list[np.dtype] | None = None
 
@@ -203,20 +205,23 @@ class File:
     @property
     def raw(self) -> dict[str, Any]:
         """The header decoded by `msgpack` (first use only)."""
-        if self._raw is None:
-            self._raw = decode_header(self.buf, self.header.header_len)
+        if (
+            self._raw is None
+        ):  # from the copy Rust checked, never the live buffer (a map may change)
+            self._raw = _unpack(self.header.header_bytes(), f"header at byte {_core.PREFIX_LEN}")
         return self._raw
+
+    @property
+    def validated(self) -> Header:
+        """The pydantic `Header` of `raw`, validated once (first use only)."""
+        if self._validated is None:
+            self._validated = validate_header(self.raw)
+        return self._validated
 
     @property
     def records(self) -> list[dict[str, Any]]:
         """The leaf records, as dicts."""
         return self.raw["leaves"]
-
-
-def decode_header(buf: np.ndarray, header_len: int) -> dict[str, Any]:
-    """Decode the msgpack header of a file that Rust has validated."""
-    header = buf[_core.PREFIX_LEN : _core.PREFIX_LEN + header_len]
-    return _unpack(header, f"header at byte {_core.PREFIX_LEN}")
 
 
 def decode_tree(encoded: bytes) -> Any:
@@ -237,13 +242,16 @@ def _unpack(data: Any, where: str) -> Any:
                 return msgpack.unpackb(
                     data, raw=False, strict_map_key=False, object_pairs_hook=_hashable_keys
                 )
+    except LimitError:
+        raise
     except (ValueError, TypeError, msgpack.ExtraData) as err:
         raise HeaderError(f"{where}: {err}") from None
 
 
 def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """A map whose array keys (lists, after msgpack) are made tuples again."""
-    return {_as_tuple(key): value for key, value in pairs}
+    keys = _static.spread([_as_tuple(key) for key, _ in pairs], "the header", "map keys")
+    return dict(zip(keys, (value for _, value in pairs)))
 
 
 def _as_tuple(key: Any) -> Any:

@@ -67,6 +67,9 @@ class FileHeader:
     def __new__(cls, buf: npt.NDArray[np.uint8]) -> FileHeader:
         """Validate a whole file (prefix, header, exact length) and keep its decoded header."""
 
+    def header_bytes(self) -> bytes:
+        """The msgpack header as it was checked at open: a copy, so later decodes see what was checked."""
+
     def find(self, path: str) -> dict[str, Any] | None:
         """The record (plus its `index`) of the leaf at key path `path`, or None."""
 

@@ -4,13 +4,39 @@ import os
 import sys
 import types
 import warnings
+from collections.abc import Callable
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def at(path: str) -> str:
+class KeyPath:
+    """A key path made only when a message names it: a child's refers to its parent's.
+
+    Rebuilding a tree passes these down instead of strings, so no path is copied per node: a long
+    dict key above many nodes would otherwise cost the square of the file's size.
+    """
+
+    __slots__ = ("parent", "key", "index")
+
+    def __init__(self, parent: "str | KeyPath", key: "Callable[[int], str]", index: int):
+        self.parent, self.key, self.index = parent, key, index
+
+    def __str__(self) -> str:
+        parts = []
+        node: str | KeyPath = self
+        while isinstance(node, KeyPath):
+            parts.append(node.key(node.index))
+            node = node.parent
+        parts.append(node)
+        return "".join(reversed(parts))
+
+
+Where = str | KeyPath  # where a value sits in a tree, for messages
+
+
+def at(path: Where) -> str:
     """A key path as messages name it: the root's is empty."""
-    return path or "the root"
+    return str(path) or "the root"
 
 
 def warn(message: str) -> None:

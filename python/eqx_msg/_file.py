@@ -8,7 +8,7 @@ import mmap
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import jax
@@ -283,16 +283,12 @@ class Reader:
         # building the abstract tree never pays for decoding every record in Python.
         with _codec.gc_paused():
             self._file = _codec.File(_codec.as_bytes_array(self._map))
-        self._header: Header | None = None
-        self._subtrees: tuple[set[str], list[str]] | None = None
         self._closed = False
 
     @property
     def header(self) -> Header:
         """The validated header model."""
-        if self._header is None:
-            self._header = _codec.validate_header(self._file.raw)
-        return self._header
+        return self._file.validated
 
     @property
     def metadata(self) -> Any:
@@ -406,11 +402,10 @@ class Reader:
         self._check_open()
         return self._file.arrays(indices)
 
-    def _subtree_paths(self) -> tuple[set[str], list[str]]:
-        """Key paths of every node of the tree, and those of nodes whose children are not named."""
-        if self._subtrees is None:  # (first use only)
-            self._subtrees = _tree.subtree_paths(_codec.decode_tree(self._file.header.tree()))
-        return self._subtrees
+    def _subtree_paths(self, wanted: Iterable[str]) -> tuple[set[str], list[str]]:
+        """Which `wanted` key paths are nodes of the tree, and the nodes on the way whose children
+        are not named (see `_tree.subtree_paths`)."""
+        return _tree.subtree_paths(_codec.decode_tree(self._file.header.tree()), wanted)
 
     def _find(self, key: str) -> dict[str, Any] | None:
         """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
@@ -418,7 +413,7 @@ class Reader:
 
     def _record(self, key: str) -> dict[str, Any]:
         record = self._find(key)
-        if record is None and key in self._subtree_paths()[0]:
+        if record is None and key in self._subtree_paths([key])[0]:
             raise KeyPathError(
                 f"{key!r} in {self.path} is not an array leaf but a container or a value stored in "
                 "the header (a number, string, function, None): reader.abstract() shows it, and "
@@ -446,13 +441,13 @@ class _Slice:
 
 
 def _selector(
-    filter: Any, subtrees: Callable[[], tuple[set[str], list[str]]]
+    filter: Any, subtrees: Callable[[Iterable[str]], tuple[set[str], list[str]]]
 ) -> Callable[[str], bool] | None:
     """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools.
 
     A pytree (an Equinox filter spec too, though a Module may be callable) must hold bools only, at
-    key paths of the file's tree (`subtrees()`: every node's path, and those of nodes whose children
-    are not named): else `KeyPathError`.
+    key paths of the file's tree (`subtrees(paths)`: which of `paths` are nodes, and the nodes on the
+    way whose children are not named): else `KeyPathError`.
     """
     try:
         flat, treedef = jtu.tree_flatten_with_path(filter)
@@ -470,7 +465,7 @@ def _selector(
         raise KeyPathError(
             f"filter= takes a callable on key paths or a pytree of bools; it holds {wrong[:3]}"
         )
-    known, opaque = subtrees()
+    known, opaque = subtrees([prefix for prefix, _ in prefixes])
     unknown = [
         prefix
         for prefix, _ in prefixes

@@ -7,7 +7,6 @@ check the shapes and types of the fields, and give readers a typed view of a fil
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, NonNegativeInt, model_validator
@@ -38,9 +37,10 @@ class ShardingSpec(_Model):
         axes, sizes, ids = self.mesh_axes, self.mesh_shape, self.device_ids
         if len(set(axes)) != len(axes) or len(sizes) != len(axes):
             raise ValueError(f"mesh_axes {axes} must be distinct, one per mesh_shape entry {sizes}")
-        if len(set(ids)) != len(ids) or len(ids) != math.prod(sizes):
+        if len(set(ids)) != len(ids) or len(ids) != _bounded_prod(sizes, len(ids)):
             raise ValueError(
-                f"device_ids must be {math.prod(sizes)} distinct ids, one per mesh place"
+                f"device_ids must be distinct, one per place of a mesh of shape {sizes[:8]}"
+                f"{'...' if len(sizes) > 8 else ''}; there are {len(ids)}"
             )
         used = [
             a for entry in self.spec for a in ([entry] if isinstance(entry, str) else entry or [])
@@ -48,6 +48,17 @@ class ShardingSpec(_Model):
         if len(set(used)) != len(used) or not set(used) <= set(axes):
             raise ValueError(f"spec {self.spec} must name mesh axes of {axes}, each at most once")
         return self
+
+
+def _bounded_prod(sizes: list[int], bound: int) -> int:
+    """`math.prod(sizes)`, or `bound + 1` as soon as the product passes `bound` (sizes are >= 1):
+    linear in `len(sizes)`, never a big-number product a file chooses."""
+    product = 1
+    for size in sizes:
+        product *= size
+        if product > bound:
+            return bound + 1
+    return product
 
 
 class LeafSpec(_Model):

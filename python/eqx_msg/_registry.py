@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import equinox as eqx
 import jax
 
-from ._errors import UnknownTypeError, UnserialisableError, at
+from ._errors import UnknownTypeError, UnserialisableError, Where, at
 
 T = TypeVar("T")
 
@@ -244,7 +244,7 @@ def _trusted(name: str | None) -> bool:
     return name is not None and name.startswith(_TRUSTED) and not _DENIED.search(name)
 
 
-def resolve(name: str, allow: Mapping[str, Any], where: str) -> Any:
+def resolve(name: str, allow: Mapping[str, Any], where: Where) -> Any:
     """The object registered (or allowed) under `name`; `UnknownTypeError` if there is none."""
     found = allow.get(name, _MISSING)
     if found is _MISSING:

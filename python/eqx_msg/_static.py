@@ -8,16 +8,25 @@ registry when decoding.
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
 
 from . import _core, _dtypes, _registry
-from ._errors import DTypeError, HeaderError, LimitError, UnknownTypeError, UnserialisableError, at
+from ._errors import (
+    DTypeError,
+    HeaderError,
+    LimitError,
+    UnknownTypeError,
+    UnserialisableError,
+    Where,
+    at,
+)
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
@@ -130,7 +139,26 @@ def _packed(encoded: Any) -> bytes:
     return msgpack.packb(encoded, use_bin_type=True)
 
 
-def _room(level: int, where: str) -> None:
+# At most this many keys of one set or mapping a file gives may share a hash: Python finds a key among
+# those sharing its hash one by one, so a file of n keys costs at most n * this many comparisons.
+# CPython's hash(-1) == hash(-2) (and tuples of them) would otherwise make it cost n * n.
+MAX_SHARED_HASH = 32
+
+
+def spread(keys: Sequence[Any], where: Where, what: str = "keys") -> Sequence[Any]:
+    """`keys` (hashable values a file gives) unchanged, once checked to spread over hashes:
+    `LimitError` if more than `MAX_SHARED_HASH` share one."""
+    if len(keys) > MAX_SHARED_HASH:
+        shared = collections.Counter(map(hash, keys)).most_common(1)[0][1]
+        if shared > MAX_SHARED_HASH:
+            raise LimitError(
+                f"{at(where)}: {shared} {what} share one hash value (more than "
+                f"{MAX_SHARED_HASH}); such a file would make loading cost the square of its size"
+            )
+    return keys
+
+
+def _room(level: int, where: Where) -> None:
     """Refuse an array or map at header nesting `level` past the header's limit."""
     if level > _core.MAX_DEPTH:
         raise LimitError(
@@ -140,7 +168,7 @@ def _room(level: int, where: str) -> None:
         )
 
 
-def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
+def decode(data: Any, allow: Mapping[str, Any], where: Where) -> Any:
     """Decode a static value written by `encode`, resolving names through the registry and `allow`."""
     if isinstance(data, list):
         return tuple(decode(v, allow, where) for v in data)
@@ -158,11 +186,13 @@ def decode(data: Any, allow: Mapping[str, Any], where: str) -> Any:
                 raise HeaderError(
                     f"{at(where)}: static dict has {len(keys)} keys, {len(values)} values"
                 )
-            return {decode(k, allow, where): decode(v, allow, where) for k, v in zip(keys, values)}
+            decoded = spread([decode(k, allow, where) for k in keys], where, "dict keys")
+            return dict(zip(decoded, (decode(v, allow, where) for v in values)))
         if tag == "set":
-            return {decode(v, allow, where) for v in data["v"]}
+            return set(spread([decode(v, allow, where) for v in data["v"]], where, "set items"))
         if tag == "frozenset":
-            return frozenset(decode(v, allow, where) for v in data["v"])
+            items = spread([decode(v, allow, where) for v in data["v"]], where, "set items")
+            return frozenset(items)
         if tag == "int":
             return int(_str(data["v"]))
         if tag == "complex":
@@ -242,14 +272,24 @@ def _dtype_name(dtype: np.dtype, where: str) -> str:
         raise UnserialisableError(f"{at(where)}: {err}") from None
 
 
-def _decode_small_array(data: dict[str, Any], where: str) -> np.ndarray:
+def _decode_small_array(data: dict[str, Any], where: Where) -> np.ndarray:
     dtype = _dtypes.to_numpy(_str(data["dtype"])).newbyteorder("<")
-    shape = tuple(int(d) for d in data["shape"])
-    raw = data["data"]
+    shape, raw = data["shape"], data["data"]
     if (
-        not isinstance(raw, bytes)
-        or len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        not isinstance(shape, list)
+        or len(shape) > _core.MAX_NDIM
+        or not all(type(d) is int and d >= 0 for d in shape)
     ):
+        raise HeaderError(
+            f"{at(where)}: a static ndarray's shape must be at most {_core.MAX_NDIM} "
+            f"non-negative integers, not {shape!r:.80}"
+        )
+    count = 0 if 0 in shape else 1
+    for d in shape if count else ():  # stopped once past the bytes there are: no bignum work
+        count *= d
+        if count * dtype.itemsize > len(raw if isinstance(raw, bytes) else b""):
+            break
+    if not isinstance(raw, bytes) or count * dtype.itemsize != len(raw):
         raise HeaderError(f"{at(where)}: static ndarray has the wrong number of bytes")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 

@@ -10,6 +10,7 @@ own unflatten for its class (Equinox Modules are rebuilt without calling `__init
 
 from __future__ import annotations
 
+import bisect
 import collections
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,10 +27,12 @@ from ._errors import (
     DTypeError,
     EqxMsgError,
     HeaderError,
+    KeyPath,
     LimitError,
     StructureMismatchError,
     UnknownTypeError,
     UnserialisableError,
+    Where,
     at,
 )
 
@@ -256,7 +259,7 @@ class _Builder:
         self.allow = allow
         self.order: list[int] = []  # leaf indices met, checked once at the end
 
-    def child(self, node: Any, where: str) -> Any:
+    def child(self, node: Any, where: Where) -> Any:
         if type(node) is int:  # an array leaf: an index into the leaf records
             if not 0 <= node < len(self.leaves):
                 raise HeaderError(
@@ -268,7 +271,7 @@ class _Builder:
         return self.build(node, where)
 
     def children(
-        self, nodes: Any, where: str, key: Callable[[int], str] = lambda i: f"[{i}]"
+        self, nodes: Any, where: Where, key: Callable[[int], str] = lambda i: f"[{i}]"
     ) -> list[Any]:
         """A node's children; child `i` is at key path `where + key(i)` (called only for errors)."""
         leaves, order, count = self.leaves, self.order, len(self.leaves)
@@ -278,10 +281,10 @@ class _Builder:
                 order.append(node)
                 out.append(leaves[node])
             else:
-                out.append(self.child(node, where + key(i)))
+                out.append(self.child(node, KeyPath(where, key, i)))
         return out
 
-    def build(self, node: Any, where: str) -> Any:
+    def build(self, node: Any, where: Where) -> Any:
         try:
             tag = node["t"]
             if tag == "dict":
@@ -305,7 +308,11 @@ class _Builder:
                 )
             if tag == "namedtuple":
                 cls = _registry.resolve(node["cls"], self.allow, where)
-                if not (isinstance(cls, type) and issubclass(cls, tuple)):
+                if not (
+                    isinstance(cls, type)
+                    and issubclass(cls, tuple)
+                    and isinstance(getattr(cls, "_fields", None), tuple)
+                ):  # (builtins.tuple would iterate its one child: an (N, 0) leaf holds N rows)
                     raise HeaderError(f"{at(where)}: {node['cls']!r} is not a namedtuple class")
                 fields = list(getattr(cls, "_fields", ()))
                 _check_keys(node, fields, where)
@@ -315,12 +322,12 @@ class _Builder:
             raise HeaderError(f"{at(where)}: malformed tree node: {err!r}") from None
         raise HeaderError(f"{at(where)}: unknown tree node type {tag!r}")
 
-    def mapping(self, node: dict[str, Any], where: str, make: Callable[[Any], _M]) -> _M:
+    def mapping(self, node: dict[str, Any], where: Where, make: Callable[[Any], _M]) -> _M:
         """A dict-like node from `make(pairs)`; a repeated key (its leaves would vanish) is refused."""
         stored, children = _seq(node["k"]), _seq(node["c"])
         if len(stored) != len(children):
             raise HeaderError(f"{at(where)}: {len(stored)} keys but {len(children)} children")
-        keys = [_static.decode(key, self.allow, where) for key in stored]
+        keys = _static.spread([_static.decode(key, self.allow, where) for key in stored], where)
         mapping = make(zip(keys, self.children(children, where, lambda i: f"[{keys[i]!r}]")))
         if len(mapping) != len(keys):
             raise HeaderError(
@@ -329,7 +336,7 @@ class _Builder:
             )
         return mapping
 
-    def custom(self, node: dict[str, Any], where: str) -> Any:
+    def custom(self, node: dict[str, Any], where: Where) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
         if cls in _BUILTIN_NODES or (
             isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
@@ -342,6 +349,13 @@ class _Builder:
             )
         aux = _static.decode(node["aux"], self.allow, where)
         children = self.children(node["c"], where, functools.partial(_saved_key, node))
+        if cls is jtu.Partial and not (
+            len(children) == 2 and type(children[0]) is tuple and type(children[1]) is dict
+        ):  # its unflatten calls func(*args, **keywords): an (N, 0) leaf as args holds N rows
+            raise HeaderError(
+                f"{at(where)}: a jax.tree_util.Partial node has two children, a tuple of "
+                "arguments and a dict of keywords"
+            )
         try:
             treedef = jtu.PyTreeDef.from_node_data_and_children(
                 default_registry, (cls, aux), [_LEAF_TREEDEF] * len(children)
@@ -390,7 +404,7 @@ _CHANGED = (
 )
 
 
-def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
+def _check_keys(node: dict[str, Any], now: list[str], where: Where) -> None:
     """Refuse a node whose saved child keys differ from what its class has now."""
     saved = node.get("keys")
     if saved is not None and saved != now:
@@ -400,37 +414,55 @@ def _check_keys(node: dict[str, Any], now: list[str], where: str) -> None:
         )
 
 
-def subtree_paths(node: Any) -> tuple[set[str], list[str]]:
-    """The key path of every node of a header tree (containers and leaves), and the paths of the
-    nodes whose children's keys the file does not record (written before nodes had `keys`) or
-    whose dict keys do not decode without the registry: those are not descended into."""
+def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]]:
+    """Which `wanted` key paths are paths of nodes of a header tree (containers and leaves), and the
+    paths of nodes on the way to them whose children's keys the file does not record (written before
+    nodes had `keys`) or whose dict keys do not decode without the registry: those are not
+    descended into.
+
+    Only nodes whose path starts some wanted path are visited, and only their paths are made: no
+    path is kept per node of the file, so the cost is bounded by the file's size times the longest
+    wanted path.
+    """
+    ordered = sorted(set(wanted))
+
+    def leads_somewhere(path: str) -> bool:  # a prefix of a wanted path (the next one in order)
+        i = bisect.bisect_left(ordered, path)
+        return i < len(ordered) and ordered[i].startswith(path)
+
+    targets = set(ordered)
     known: set[str] = set()
     opaque: list[str] = []
-    stack: list[tuple[Any, str]] = [(node, "")]
+    stack: list[tuple[Any, str]] = [(node, "")] if leads_somewhere("") else []
     while stack:
         node, path = stack.pop()
-        known.add(path)
+        if path in targets:
+            known.add(path)
         if not isinstance(node, dict):
             continue  # an array leaf
         tag, children, keys = node.get("t"), node.get("c", []), node.get("k", [])
         if not isinstance(children, list) or not isinstance(keys, list):
             raise HeaderError(f"{at(path)}: malformed tree node {node!r:.80}")
+        named: Iterable[tuple[str, Any]] = ()
         if tag in ("list", "tuple"):
-            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(children))
+            named = ((f"[{i}]", child) for i, child in enumerate(children))
         elif tag in ("dict", "ordereddict", "defaultdict"):
             try:
-                keys = [_static.decode(key, {}, path) for key in keys]
+                decoded = [_static.decode(key, {}, path) for key in keys]
             except (HeaderError, UnknownTypeError):
                 opaque.append(path)
                 continue
-            stack.extend((child, f"{path}[{key!r}]") for key, child in zip(keys, children))
+            named = ((f"[{key!r}]", child) for key, child in zip(decoded, children))
         elif tag in ("namedtuple", "node"):
             names = node.get("keys")
             if not isinstance(names, list) or len(names) != len(children):
                 opaque.append(path)
                 continue
             dot = "." if tag == "namedtuple" else ""
-            stack.extend((child, f"{path}{dot}{name}") for name, child in zip(names, children))
+            named = ((f"{dot}{name}", child) for name, child in zip(names, children))
+        for key, child in named:
+            if leads_somewhere(path + key):
+                stack.append((child, path + key))
     return known, opaque
 
 

@@ -38,7 +38,7 @@ pub use frame::{
 };
 pub use header::{Header, LeafKind, LeafSpec};
 pub use msgpack::RawValue;
-pub use reader::{MappedFile, Reader};
+pub use reader::{parse_head, Head, MappedFile, Reader};
 pub use rmpv;
 pub use writer::{
     assemble, assemble_into, frame_prefix, parallel_copy, total_len, write_range, Frame,

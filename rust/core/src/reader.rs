@@ -11,6 +11,56 @@ use crate::error::{Error, Result};
 use crate::frame::{data_start, parse_prefix, PREFIX_LEN};
 use crate::header::{Header, LeafSpec};
 
+/// The framing of a file, checked: its decoded, validated header, and where the data section starts.
+#[derive(Debug)]
+pub struct Head<'a> {
+    /// The decoded header.
+    pub header: Header<'a>,
+    /// Length of the msgpack header in bytes.
+    pub header_len: usize,
+    /// File offset of the data section.
+    pub data_start: usize,
+}
+
+/// Checks the framing of a file of `file_len` bytes whose first bytes are `head` (its prefix and
+/// header; the rest of the file may follow): prefix, header (decoded and validated), and that the
+/// header's data section ends exactly at `file_len`.
+///
+/// [`Reader::new`] checks a whole file with it; a reader that must not see the header change under it
+/// (a shared map) checks a copy of the first bytes with it, and keeps using that copy.
+pub fn parse_head(head: &[u8], file_len: u64) -> Result<Head<'_>> {
+    let (_version, header_len) = parse_prefix(head)?;
+    // `parse_prefix` capped header_len at MAX_HEADER_LEN, so this cannot overflow.
+    let header_end = PREFIX_LEN as u64 + header_len;
+    if header_end > head.len() as u64 || header_end > file_len {
+        return Err(Error::TruncatedHeader {
+            header_len,
+            file_len,
+        });
+    }
+    // header_end <= head.len(), so it fits in usize.
+    let header_end = header_end as usize;
+    let header = Header::decode_validated(&head[PREFIX_LEN..header_end])?;
+    let start = data_start(header_len, header.alignment)?;
+    // Saturating: a sum past u64::MAX is "longer than any buffer", reported as truncation.
+    let expected = start.saturating_add(header.data_nbytes);
+    if expected != file_len {
+        return Err(Error::FileLength {
+            expected,
+            actual: file_len,
+        });
+    }
+    Ok(Head {
+        header,
+        header_len: header_end - PREFIX_LEN,
+        // start <= expected == file_len; a caller's buffer of file_len bytes holds it.
+        data_start: usize::try_from(start).map_err(|_| Error::FileLength {
+            expected,
+            actual: file_len,
+        })?,
+    })
+}
+
 /// A validated eqx_msg file: its header and zero-copy access to every leaf's bytes.
 #[derive(Debug)]
 pub struct Reader<'a> {
@@ -23,33 +73,12 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// Checks the whole file: prefix, header (decoded and validated), and exact length.
     pub fn new(buf: &'a [u8]) -> Result<Reader<'a>> {
-        let (_version, header_len) = parse_prefix(buf)?;
-        // `parse_prefix` capped header_len at MAX_HEADER_LEN, so this cannot overflow.
-        let header_end = PREFIX_LEN as u64 + header_len;
-        if header_end > buf.len() as u64 {
-            return Err(Error::TruncatedHeader {
-                header_len,
-                file_len: buf.len() as u64,
-            });
-        }
-        // header_end <= buf.len(), so it fits in usize.
-        let header_end = header_end as usize;
-        let header = Header::decode_validated(&buf[PREFIX_LEN..header_end])?;
-        let start = data_start(header_len, header.alignment)?;
-        // Saturating: a sum past u64::MAX is "longer than any buffer", reported as truncation.
-        let expected = start.saturating_add(header.data_nbytes);
-        if expected != buf.len() as u64 {
-            return Err(Error::FileLength {
-                expected,
-                actual: buf.len() as u64,
-            });
-        }
+        let head = parse_head(buf, buf.len() as u64)?;
         Ok(Reader {
             buf,
-            header,
-            header_len: header_end - PREFIX_LEN,
-            // start <= expected == buf.len(), so it fits in usize.
-            data_start: start as usize,
+            header: head.header,
+            header_len: head.header_len,
+            data_start: head.data_start,
         })
     }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
-use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, LeafSpec, Reader};
+use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, LeafSpec};
 use std::os::raw::{c_int, c_void};
 
 use numpy::npyffi::{
@@ -173,6 +173,8 @@ struct FileHeader {
     /// Per distinct type, the first leaf of that type.
     first_of_type: Vec<usize>,
     tree: Vec<u8>,
+    /// The msgpack header as checked at open (a copy: the file may change after).
+    header_bytes: Vec<u8>,
     file_len: usize,
     /// Length of the msgpack header in bytes.
     #[pyo3(get)]
@@ -189,11 +191,18 @@ impl FileHeader {
     fn new(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<Self> {
         let bytes = u8_slice(&buf, "the file buffer")?;
         py.detach(|| {
-            let reader = Reader::new(bytes)?;
-            let (header_len, data_start) = (reader.header_len(), reader.data_start());
-            let header = reader.into_header();
+            // The header is copied before it is checked, and only the copy is used afterwards: a
+            // shared map edited after open cannot make later reads disagree with what was checked.
+            let (_, header_len) = eqx::parse_prefix(bytes)?;
+            let end = (eqx::PREFIX_LEN as u64)
+                .saturating_add(header_len)
+                .min(bytes.len() as u64) as usize; // <= bytes.len()
+            let copy = bytes[..end].to_vec();
+            let head = eqx::parse_head(&copy, bytes.len() as u64)?;
+            let (header_len, data_start, header) = (head.header_len, head.data_start, head.header);
             let (which, first_of_type) = leaf_types(&header.leaves);
             Ok(FileHeader {
+                header_bytes: copy[eqx::PREFIX_LEN..eqx::PREFIX_LEN + header_len].to_vec(),
                 tree: header.tree.as_bytes().to_vec(),
                 leaves: header.leaves,
                 which,
@@ -204,6 +213,11 @@ impl FileHeader {
             })
         })
         .map_err(py_err)
+    }
+
+    /// The msgpack header as it was checked at open: a copy, so later decodes see what was checked.
+    fn header_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.header_bytes)
     }
 
     /// The record (plus its `index`) of the leaf at key path `path`, or None.
