@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ._errors import UnknownTypeError, UnserialisableError, Where, at
 
@@ -53,7 +55,11 @@ _DENIED = re.compile(
     r"|seriali[sz]|regex|register|config|seterr|setbufsize|clear_cache|show_|hooks_dir"
     r"|copy_to_host|onnx|str2jax|set_mesh|use_abstract_mesh|disable_jit|progress|tqdm"
     r"|^equinox\.internal\.|(^|\.)info$"  # numpy.info imports the module a string names
-    r"|^math\.(factorial|comb|perm)$",  # time beyond bound on large arguments (a file chooses them)
+    r"|^math\.(factorial|comb|perm)$"  # time beyond bound on large arguments (a file chooses them)
+    # numpy's in-place writers (a model would overwrite its caller's input), bmat (evaluates names in
+    # the caller's frame), functions that take functions, and lax's host I/O.
+    r"|(^|\.)(copyto|put|place|putmask|fill_diagonal|put_along_axis|bmat|vectorize|frompyfunc"
+    r"|piecewise|apply_along_axis|apply_over_axes|fromfunction|platform_dependent|infeed|outfeed)$",
     re.IGNORECASE,
 )
 # Builtin classes, and builtin functions without side effects: in the registry from the start.
@@ -62,6 +68,33 @@ _BUILTINS = (
     collections.OrderedDict, collections.defaultdict, collections.deque,
     abs, min, max, sum, round, divmod, all, any, len,
 )  # fmt: skip
+
+# Plain functions (not classes) may come only from these namespaces of array math: activations,
+# initializers, elementwise and linear-algebra functions, random draws, schedules and losses. The
+# namespaces of transforms, tree utilities and tools (jax, jax.tree_util, equinox, optax's own
+# top level: jit, grad, tree_map, filter_jit, error_if, chain, ...) give classes only, apart from
+# equinox's array predicates, which filter specs hold.
+_FUNCTION_NAMESPACES = frozenset(
+    n for n in _SEED_NAMESPACES
+    if n.startswith(("jax.nn", "jax.numpy", "jax.lax", "jax.random", "jax.scipy", "jax.image"))
+    or n in ("numpy", "ml_dtypes", "math", "optax.schedules", "optax.losses")
+)  # fmt: skip
+_PREDICATES = frozenset(
+    f"equinox.{n}"
+    for n in ("is_array", "is_array_like", "is_inexact_array", "is_inexact_array_like")
+)
+# Even there, a function that takes a function (a transform, `vectorize`, `piecewise`, `lax.scan`)
+# is refused: with `partial`, a file could compose trusted pieces into behaviour nobody trusted. Its
+# parameters say so: these names, these endings, or a `Callable` annotation. So is a function whose
+# parameters cannot be read (apart from ufuncs and `math`'s builtins).
+_CALLABLE_PARAMETERS = frozenset({
+    "f", "fn", "fun", "func", "function", "funcs", "fns", "funs", "callable", "callback", "pyfunc",
+    "func1d", "funclist", "branches", "computation", "comparator", "reducer", "decomposition",
+    "matvec", "solve", "transpose_solve", "tangent_solve", "jvp", "vjp", "fwd", "bwd", "is_leaf",
+    "filter_spec", "replace_fn", "schedule", "schedules", "inner", "on_error", "compiler_options",
+    "ldict", "gdict", "default_device", "file", "fname", "path",
+})  # fmt: skip
+_CALLABLE_SUFFIXES = ("_fn", "_fun", "_func", "_function", "_factory", "_callback", "_fns")
 
 _PUBLIC_PACKAGES = frozenset(namespace.partition(".")[0] for namespace in _SEED_NAMESPACES)
 
@@ -117,12 +150,6 @@ def name_of(obj: Any, where: str) -> str:
         )
     if user_name(obj) is not None or public_name(obj) == name:
         return name  # a name that holds `obj`, by registration or by lookup
-    if name.startswith(_TRUSTED) and not _trusted(name):  # a library name on the deny list
-        raise UnserialisableError(
-            f"{at(where)}: cannot store {name}: eqx_msg never loads it (its registry leaves out "
-            "what touches files, processes or global state); register it under a name of your "
-            "own if you trust it"
-        )
     bound_to_an_instance = inspect.ismethod(obj) and not isinstance(obj.__self__, type)
     if bound_to_an_instance:  # (a classmethod is bound to its class, which has a name)
         raise UnserialisableError(
@@ -139,6 +166,13 @@ def name_of(obj: Any, where: str) -> str:
             "functools.wraps wrappers report the name of the function they wrap). Store the "
             "function itself, or register the wrapper under a name of its own: "
             f"eqx_msg.register(obj, name={(bound or ['...'])[0]!r})."
+        )
+    if name.startswith(_TRUSTED) and _held(name) is not obj:  # a library object never loaded
+        raise UnserialisableError(
+            f"{at(where)}: cannot store {name}: eqx_msg never loads it (a file may name classes and "
+            "leaf-like functions only: nothing that takes a function, an options dict or a path, "
+            "or touches files, processes or global state; docs/SECURITY.md); register it under a "
+            "name of your own if you trust it"
         )
     return name
 
@@ -234,9 +268,40 @@ def _exported(namespace: str, attr: str, may_import: bool) -> Any:
         except ImportError:
             return _MISSING
     obj = _MISSING if module is None else vars(module).get(attr, _MISSING)
-    if obj is _MISSING or not (isinstance(obj, type) or callable(obj)):
+    if obj is _MISSING or not _admissible(namespace, obj):
         return _MISSING
-    return obj if _trusted(canonical_name(obj)) else _MISSING
+    return obj
+
+
+def _admissible(namespace: str, obj: Any) -> bool:
+    """Whether a seeded `namespace` may give the registry `obj`: a class, or a leaf-like function of
+    a namespace of array math (`_FUNCTION_NAMESPACES`), with a trusted, undenied name."""
+    if not (isinstance(obj, type) or callable(obj)) or not _trusted(canonical_name(obj)):
+        return False
+    if isinstance(obj, type):
+        return True
+    if namespace not in _FUNCTION_NAMESPACES and f"{namespace}.{obj.__name__}" not in _PREDICATES:
+        return False
+    return not _takes_functions(obj)
+
+
+def _takes_functions(func: Any) -> bool:
+    """Whether `func`'s parameters (by name, ending or annotation) may take a function, or cannot be
+    read at all: see `_CALLABLE_PARAMETERS`."""
+    if isinstance(func, np.ufunc | jnp.ufunc):
+        return False  # elementwise: arrays in, arrays out (`out=` takes arrays)
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a text signature
+        return getattr(func, "__module__", None) != "math"
+    if parameters and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        return any(p.kind is p.VAR_KEYWORD for p in parameters)  # (**kwargs): nothing to go by
+    return any(
+        p.name.lower() in _CALLABLE_PARAMETERS
+        or p.name.lower().endswith(_CALLABLE_SUFFIXES)
+        or "Callable" in str(p.annotation)
+        for p in parameters
+    )
 
 
 def _trusted(name: str | None) -> bool:
@@ -248,18 +313,25 @@ def resolve(name: str, allow: Mapping[str, Any], where: Where) -> Any:
     """The object registered (or allowed) under `name`; `UnknownTypeError` if there is none."""
     found = allow.get(name, _MISSING)
     if found is _MISSING:
-        found = _by_name.get(name, _MISSING)
-    if found is _MISSING:
-        found = _look_up(name)
-    if found is _MISSING and not _seeded:  # a rare name (alias, module not imported): walk all
-        _seed()
-        found = _by_name.get(name, _MISSING)
+        found = _held(name)
     if found is _MISSING:
         raise UnknownTypeError(
             f"{at(where)}: the file names {name!r}, which is not in eqx_msg's registry. "
             "Nothing is imported from a file; if you trust it, pass the object in allow=[...] or call "
             "eqx_msg.register(obj) (with name=... if it was registered under another name)."
         )
+    return found
+
+
+def _held(name: str) -> Any:
+    """What the registry holds under `name` (registered, seeded or found by `_look_up`), else
+    `_MISSING`; walks every trusted namespace once (`_seed`) for a name no lookup can place."""
+    found = _by_name.get(name, _MISSING)
+    if found is _MISSING:
+        found = _look_up(name)
+    if found is _MISSING and not _seeded:  # a rare name (alias, module not imported): walk all
+        _seed()
+        found = _by_name.get(name, _MISSING)
     return found
 
 
@@ -336,6 +408,8 @@ def _add_module(module: Any, defined_here_only: bool) -> None:
             continue
         if defined_here_only and not (defined_here and _private_ok(module.__name__, obj)):
             continue
+        if not defined_here_only and not _admissible(module.__name__, obj):
+            continue
         _by_name.setdefault(name, obj)
 
 
@@ -365,9 +439,35 @@ def _add_singletons() -> None:
     """Objects compared by identity inside Equinox's flatten data, stored by name."""
     treedef = jax.tree_util.tree_structure(eqx.nn.Identity())
     missing = treedef.node_data()[1][0]  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
-    name = "equinox._module._flatten.MISSING"
+    name = _EQX_MISSING
     _by_name.setdefault(name, missing)
     _user_names.setdefault(id(missing), (missing, name))
+
+
+def sets_wrapper_fields(cls: Any, aux: Any) -> bool:
+    """Whether a Module's flatten data `aux` sets its wrapper fields (`aux[0]` not equinox's MISSING)."""
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, eqx.Module)
+        and isinstance(aux, tuple)
+        and bool(aux)
+        and aux[0] is not _by_name[_EQX_MISSING]
+    )
+
+
+def takes_functions_by_design(func: Any) -> bool:
+    """Whether `func` is a helper that Equinox layers bind functions to (`_LAYER_HELPERS`: weight
+    norm's `partial(_norm_except_axis, norm=partial(jnp.linalg.norm, ...))`)."""
+    name = canonical_name(func)
+    return name in _LAYER_HELPERS and _look_up(name) is func
+
+
+def is_builtin_class(obj: Any) -> bool:
+    """Whether `obj` is one of the builtin classes of `_BUILTINS` (cheap to call with no arguments)."""
+    return isinstance(obj, type) and any(obj is b for b in _BUILTINS)
+
+
+_EQX_MISSING = "equinox._module._flatten.MISSING"
 
 
 def user_name(obj: Any) -> str | None:

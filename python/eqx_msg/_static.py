@@ -20,9 +20,9 @@ import numpy as np
 from . import _core, _dtypes, _registry
 from ._errors import (
     DTypeError,
+    EqxMsgError,
     HeaderError,
     LimitError,
-    UnknownTypeError,
     UnserialisableError,
     Where,
     at,
@@ -85,12 +85,14 @@ def encode(value: Any, where: str, level: int) -> Any:
     if isinstance(value, np.dtype):
         return {"$": "dtype", "v": _dtype_name(value, where)}
     if kind is functools.partial:
-        return {  # "args" is an array one level down, beside "f", whose encoding checks that level
+        encoded = {  # "args" is an array one level down, beside "f", whose encoding checks that level
             "$": "partial",
             "f": encode(value.func, where, level + 1),
             "args": [encode(a, where, level + 2) for a in value.args],
             "kw": encode(dict(value.keywords), where, level + 1),
         }
+        values_only(value.func, [*value.args, *value.keywords.values()], where, UnserialisableError)
+        return encoded
     if kind is np.ndarray:
         _room(level + 1, where)
         return _encode_small_array(value, where)
@@ -158,6 +160,40 @@ def spread(keys: Sequence[Any], where: Where, what: str = "keys") -> Sequence[An
     return keys
 
 
+def values_only(
+    func: Any, arguments: Sequence[Any], where: Where, error: type[EqxMsgError]
+) -> None:
+    """Refuse (with `error`) a function, class or options dict among the `arguments` a partial of
+    `func` binds, at any depth: a file could otherwise hand a trusted function another one to call
+    (`jax.jit` with `compiler_options` that dump the arguments to disk). Dtypes are values. Only a
+    helper that Equinox layers build that way (`_registry.takes_functions_by_design`) may be given
+    functions, themselves from the registry."""
+    functions_ok = _registry.takes_functions_by_design(func)
+    stack = list(arguments)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, tuple | list | set | frozenset):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            raise error(
+                f"{at(where)}: a partial binds a dict {value!r:.60}: only values (numbers, "
+                "strings, arrays, dtypes, tuples) may be bound, never options or functions"
+            )
+        elif callable(value) and not _is_dtype(value) and not functions_ok:
+            raise error(
+                f"{at(where)}: a partial binds {value!r:.60}, a function or class: only values "
+                "(numbers, strings, arrays, dtypes, tuples) may be bound; register a module-level "
+                "function of your own that calls it instead"
+            )
+
+
+def _is_dtype(value: Any) -> bool:
+    """A scalar type (np.float32, jnp.bfloat16): callable, but a value here."""
+    return isinstance(value, type) and (
+        issubclass(value, np.generic) or isinstance(getattr(value, "dtype", None), np.dtype)
+    )
+
+
 def _room(level: int, where: Where) -> None:
     """Refuse an array or map at header nesting `level` past the header's limit."""
     if level > _core.MAX_DEPTH:
@@ -209,6 +245,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: Where) -> Any:
                 raise HeaderError(
                     f"{at(where)}: malformed partial: a function, and keywords by name"
                 )
+            values_only(func, [*args, *keywords.values()], where, HeaderError)
             return functools.partial(func, *args, **keywords)
         if tag == "ndarray":
             return _decode_small_array(data, where)
@@ -228,7 +265,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: Where) -> Any:
                 raise HeaderError(f"{at(where)}: {data['cls']} is not a placeholder class ($new)")
             return object.__new__(cls)  # no __init__ of its own to skip, no state to restore
     except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, HeaderError | UnknownTypeError):
+        if isinstance(err, EqxMsgError):
             raise
         raise HeaderError(f"{at(where)}: malformed static value {data!r:.120}: {err}") from None
     raise HeaderError(f"{at(where)}: unknown static value tag {data.get('$')!r}")

@@ -153,6 +153,12 @@ class _Flattener:
         if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
             return {"t": "value", "v": _static.encode(obj, path, self.level + 1), "p": path}
         cls, aux = node_data
+        if _registry.sets_wrapper_fields(cls, aux):
+            raise UnserialisableError(
+                f"{at(path)}: a {cls.__qualname__} that wraps a function (its __name__, "
+                "__module__, ... set by eqx.module_update_wrapper): eqx_msg never loads those "
+                "fields from a file; save the Module it wraps"
+            )
         keys = [jtu.keystr(key) for key, _ in children]
         return {
             "t": "node",
@@ -303,6 +309,11 @@ class _Builder:
                 return self.mapping(node, where, collections.OrderedDict)
             if tag == "defaultdict":
                 factory = _static.decode(node["factory"], self.allow, where)
+                if not (factory is None or _registry.is_builtin_class(factory)):
+                    raise HeaderError(  # it runs whenever the loaded dict misses a key
+                        f"{at(where)}: a defaultdict's factory must be a builtin class (list, "
+                        f"int, dict, ...) or None, not {factory!r:.60}"
+                    )
                 return self.mapping(
                     node, where, functools.partial(collections.defaultdict, factory)
                 )
@@ -349,12 +360,20 @@ class _Builder:
             )
         aux = _static.decode(node["aux"], self.allow, where)
         children = self.children(node["c"], where, functools.partial(_saved_key, node))
-        if cls is jtu.Partial and not (
-            len(children) == 2 and type(children[0]) is tuple and type(children[1]) is dict
-        ):  # its unflatten calls func(*args, **keywords): an (N, 0) leaf as args holds N rows
+        if cls is jtu.Partial:
+            if not (
+                len(children) == 2 and type(children[0]) is tuple and type(children[1]) is dict
+            ):
+                raise HeaderError(  # its unflatten calls func(*args, **keywords): an (N, 0) leaf
+                    f"{at(where)}: a jax.tree_util.Partial node has two children, a tuple of "
+                    "arguments and a dict of keywords"
+                )
+            _static.values_only(aux, [*children[0], *children[1].values()], where, HeaderError)
+        if _registry.sets_wrapper_fields(cls, aux):
             raise HeaderError(
-                f"{at(where)}: a jax.tree_util.Partial node has two children, a tuple of "
-                "arguments and a dict of keywords"
+                f"{at(where)}: the file sets the wrapper fields (__module__, __name__, "
+                f"__qualname__, __doc__, __annotations__) of a {node['cls']}: eqx_msg never lets a "
+                "file choose what a loaded Module says it is"
             )
         try:
             treedef = jtu.PyTreeDef.from_node_data_and_children(

@@ -24,6 +24,7 @@
 pub mod dtype;
 pub mod error;
 pub mod frame;
+pub mod fuzzing;
 pub mod header;
 pub mod layout;
 pub mod msgpack;
