@@ -1,9 +1,11 @@
 """save/load/open: atomic streaming writes, memory-mapped zero-copy reads, lazy per-leaf access."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import equinox as eqx
 import jax
@@ -143,6 +145,63 @@ def test_crash_mid_save_keeps_previous_file(tmp_path):
     assert result.returncode == 17, result.stderr
     assert path.read_bytes() == before
     np.testing.assert_array_equal(eqx_msg.load(path)["w"], np.ones(4))
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named temporary"])
+def test_killed_saves_leave_the_old_or_new_file_and_no_temporary_after_the_next_save(
+    tmp_path, unnamed
+):
+    if unnamed and not eqx_msg._file._USE_O_TMPFILE:
+        pytest.skip("no O_TMPFILE (or no /proc) here: the named-temporary case covers saving")
+    path = tmp_path / "m.eqx"
+    tree = {f"w{i}": np.full(1 << 18, i, np.float32) for i in range(48)}  # 48 MiB, many writes
+    eqx_msg.save(path, tree, metadata={"round": -1})
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, eqx_msg
+        eqx_msg._file._USE_O_TMPFILE = {unnamed!r}
+        tree = {{f"w{{i}}": np.full(1 << 18, i, np.float32) for i in range(48)}}
+        print("ready", flush=True)
+        for n in range(1000):
+            eqx_msg.save({str(path)!r}, tree, metadata={{"round": n}})
+    """)
+    rng = np.random.default_rng(3)
+    for kill in range(6):  # SIGKILL at a random moment of a save: no cleanup of any kind runs
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        time.sleep(float(rng.uniform(0.05, 0.6)))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        loaded = eqx_msg.load(path)  # the old or a new file, complete
+        for i in range(48):
+            assert float(loaded[f"w{i}"][-1]) == i, (kill, i)
+        del loaded
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".eqx-msg-tmp")]
+    if unnamed:
+        assert leftovers == []  # nothing had a name until the rename
+    eqx_msg.save(path, {"w": np.ones(2)})  # the next save clears dead writers' temporaries
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.eqx"]
+
+
+def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path):
+    from eqx_msg import _file
+
+    host, _ = _file._writer_tag().split("~")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    names = {
+        "dead": f".a.eqx.{host}~{int(dead.stdout)}.x1.eqx-msg-tmp",
+        "alive (the test's parent)": f".a.eqx.{host}~{os.getppid()}.x2.eqx-msg-tmp",
+        "alive (this process)": f".b.eqx.{host}~{os.getpid()}.x3.eqx-msg-tmp",
+        "another host": f".a.eqx.otherhost~{int(dead.stdout)}.x4.eqx-msg-tmp",
+        "an older writer's name": ".a.eqx.k2j4h5.eqx-msg-tmp",
+        "not a temporary": f"notes.{host}~{int(dead.stdout)}.x5.txt",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    eqx_msg.save(tmp_path / "m.eqx", {"w": np.ones(2)})
+    left = {p.name for p in tmp_path.iterdir()}
+    assert names["dead"] not in left
+    assert left == {"m.eqx"} | {n for k, n in names.items() if k != "dead"}
 
 
 def test_save_keeps_permissions(tmp_path):

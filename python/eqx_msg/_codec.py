@@ -248,8 +248,9 @@ def _unpack(data: Any, where: str) -> Any:
         raise HeaderError(f"{where}: {err}") from None
 
 
-def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+def _hashable_keys(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, Any]:
     """A map whose array keys (lists, after msgpack) are made tuples again."""
+    pairs = list(pairs)  # (msgpack 1.0 passes an iterator)
     keys = _static.spread([_as_tuple(key) for key, _ in pairs], "the header", "map keys")
     return dict(zip(keys, (value for _, value in pairs)))
 

@@ -6,6 +6,8 @@ import builtins
 import contextlib
 import mmap
 import os
+import re
+import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +39,10 @@ def save(
 
     A path is written to a temporary file in the same directory, fsynced and renamed over the target,
     then the directory is fsynced: a crash never leaves a half-written file at `target`, and on any
-    error the previous file is untouched and nothing is left behind. A symlink of yours stays a
+    error the previous file is untouched and nothing is left behind. The temporary file has no name
+    until it is complete where Linux's O_TMPFILE allows, so a writer killed mid-save leaves nothing;
+    elsewhere it is named for its host and process, and the next `save` into the directory removes
+    those whose process is gone. A symlink of yours stays a
     symlink (its target is replaced); one owned by another user is not followed. Peak extra memory
     is about one leaf (device arrays come to the host one at a time; row-sharded arrays one shard at
     a time).
@@ -48,7 +53,7 @@ def save(
         return
     path = _own_target(os.path.abspath(os.fsdecode(target)))
     directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".eqx-msg-tmp", dir=directory)
+    fd, tmp = _temporary(directory, name)
     try:
         os.fchmod(fd, _mode_for(path))
         # The buffer gathers small leaves into few writes; larger ones bypass it, uncopied.
@@ -56,12 +61,101 @@ def save(
             _write(f, planned)
             f.flush()
             os.fsync(f.fileno())
+            if tmp is None:  # an unnamed file: named only now, complete, for the rename
+                tmp = _name_unnamed(f.fileno(), directory, name)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+    _remove_dead_temporaries(directory)
+
+
+# Temporary files of `save`: `.{target}.{host}~{pid}.{random}.eqx-msg-tmp`, so that a writer killed
+# mid-save (SIGKILL, power loss) can be told from a live one, and its file removed by a later save.
+_TEMP_SUFFIX = ".eqx-msg-tmp"
+_TEMP_NAME = re.compile(
+    r"^\..*\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.eqx-msg-tmp$"
+)
+_USE_O_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+def _writer_tag() -> str:
+    """`host~pid` of this process, as temporary names hold it (the pid read now: after a fork too)."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname()) or 'host'}~{os.getpid()}"
+
+
+def _temporary(directory: str, name: str) -> tuple[int, str | None]:
+    """A file to write the new contents into: `(fd, None)` for an unnamed one (Linux's O_TMPFILE,
+    where the filesystem has it: a writer killed while writing leaves nothing), else `(fd, path)` of
+    a named temporary tagged with this host and process."""
+    if _USE_O_TMPFILE:
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600), None
+        except OSError:  # a filesystem without O_TMPFILE (EOPNOTSUPP, EISDIR, ...)
+            pass
+    prefix = f".{name}.{_writer_tag()}."
+    return tempfile.mkstemp(prefix=prefix, suffix=_TEMP_SUFFIX, dir=directory)
+
+
+def _name_unnamed(fd: int, directory: str, name: str) -> str:
+    """Give the unnamed file `fd` a tagged temporary name in `directory` (to rename it from).
+
+    linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N, which Python's `os.link` calls only when
+    given a directory fd (plain link(2) would link the /proc symlink itself).
+    """
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        for _ in range(100):
+            tmp = f".{name}.{_writer_tag()}.{os.urandom(6).hex()}{_TEMP_SUFFIX}"
+            try:
+                os.link(f"/proc/self/fd/{fd}", tmp, src_dir_fd=directory_fd,
+                        dst_dir_fd=directory_fd, follow_symlinks=True)  # fmt: skip
+                return os.path.join(directory, tmp)
+            except FileExistsError:
+                continue
+    finally:
+        os.close(directory_fd)
+    raise FileExistsError(f"no free temporary name in {directory}")  # pragma: no cover
+
+
+def _remove_dead_temporaries(directory: str) -> None:
+    """Remove the temporaries of `save`s in `directory` whose writer is gone: tagged with this host,
+    owned by this user, and naming a process that no longer exists. Never a live writer's (a process
+    of that id exists, ours or not), another host's, another user's, or one named otherwise."""
+    host, _ = _writer_tag().split("~")
+    getuid = getattr(os, "getuid", None)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        found = _TEMP_NAME.match(entry.name) if entry.name.endswith(_TEMP_SUFFIX) else None
+        if found is None or found["host"] != host:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or (getuid is not None and info.st_uid != getuid()):
+                continue
+            if _alive(int(found["pid"])):
+                continue
+            os.unlink(entry.path)
+        except OSError:  # gone already (another save cleaning up), or not ours to remove
+            continue
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` exists (ours or another user's)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can ask about: leave its file
+    return True
 
 
 def _write(f: BinaryIO, planned: _codec.Plan) -> None:

@@ -59,7 +59,8 @@ _DENIED = re.compile(
     # numpy's in-place writers (a model would overwrite its caller's input), bmat (evaluates names in
     # the caller's frame), functions that take functions, and lax's host I/O.
     r"|(^|\.)(copyto|put|place|putmask|fill_diagonal|put_along_axis|bmat|vectorize|frompyfunc"
-    r"|piecewise|apply_along_axis|apply_over_axes|fromfunction|platform_dependent|infeed|outfeed)$",
+    r"|piecewise|apply_along_axis|apply_over_axes|fromfunction|platform_dependent|infeed|outfeed"
+    r"|test|add_docstring|add_newdoc)$",
     re.IGNORECASE,
 )
 # Builtin classes, and builtin functions without side effects: in the registry from the start.
@@ -86,7 +87,7 @@ _PREDICATES = frozenset(
 # Even there, a function that takes a function (a transform, `vectorize`, `piecewise`, `lax.scan`)
 # is refused: with `partial`, a file could compose trusted pieces into behaviour nobody trusted. Its
 # parameters say so: these names, these endings, or a `Callable` annotation. So is a function whose
-# parameters cannot be read (apart from ufuncs and `math`'s builtins).
+# parameters cannot be read (apart from ufuncs and the C functions of `math` and `numpy`).
 _CALLABLE_PARAMETERS = frozenset({
     "f", "fn", "fun", "func", "function", "funcs", "fns", "funs", "callable", "callback", "pyfunc",
     "func1d", "funclist", "branches", "computation", "comparator", "reducer", "decomposition",
@@ -292,8 +293,9 @@ def _takes_functions(func: Any) -> bool:
         return False  # elementwise: arrays in, arrays out (`out=` takes arrays)
     try:
         parameters = list(inspect.signature(func).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a text signature
-        return getattr(func, "__module__", None) != "math"
+    except (TypeError, ValueError):  # a builtin without a text signature (numpy < 2.4: np.zeros)
+        # C functions of math and numpy take no Python callables, but for frompyfunc (denied).
+        return getattr(func, "__module__", None) not in ("math", "numpy")
     if parameters and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
         return any(p.kind is p.VAR_KEYWORD for p in parameters)  # (**kwargs): nothing to go by
     return any(
