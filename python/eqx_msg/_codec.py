@@ -205,9 +205,8 @@ class File:
     @property
     def raw(self) -> dict[str, Any]:
         """The header decoded by `msgpack` (first use only)."""
-        if (
-            self._raw is None
-        ):  # from the copy Rust checked, never the live buffer (a map may change)
+        if self._raw is None:
+            # From the copy Rust checked, never the live buffer (a shared map may change).
             self._raw = _unpack(self.header.header_bytes(), f"header at byte {_core.PREFIX_LEN}")
         return self._raw
 

@@ -96,13 +96,16 @@ def _jax_holds(dtype: np.dtype) -> bool:
 
 
 def _types(table: Table) -> list[_Type]:
-    types = []
-    for t, (name, shape, weak, impl) in enumerate(table.types):  # one per distinct type: few
-        try:
-            types.append(_type(name, tuple(shape), weak, impl))
-        except (HeaderError, DTypeError) as err:  # name the first leaf of that type
-            raise type(err)(f"leaf {list(table.which).index(t)}: {err}") from None
-    return types
+    return [_type_of(table, t) for t in range(len(table.types))]  # one per distinct type: few
+
+
+def _type_of(table: Table, t: int) -> _Type:
+    """The `_Type` of a table's type `t`; an error names the first leaf of that type."""
+    name, shape, weak, impl = table.types[t]
+    try:
+        return _type(name, tuple(shape), weak, impl)
+    except (HeaderError, DTypeError) as err:
+        raise type(err)(f"leaf {list(table.which).index(t)}: {err}") from None
 
 
 def numpy_dtypes(table: Table) -> list[np.dtype]:
@@ -112,13 +115,11 @@ def numpy_dtypes(table: Table) -> list[np.dtype]:
     so the file's other leaves stay readable: `refuse_unreadable` stops its own leaves.
     """
     dtypes = []
-    for t, (name, shape, weak, impl) in enumerate(table.types):  # one per distinct type: few
+    for t, (name, *_) in enumerate(table.types):
         try:
-            dtypes.append(_type(name, tuple(shape), weak, impl).dtype)
+            dtypes.append(_type_of(table, t).dtype)
         except DTypeError:
             dtypes.append(np.dtype(f"V{max(_core.dtype_bits(name), 8) // 8}"))
-        except HeaderError as err:  # name the first leaf of that type
-            raise HeaderError(f"leaf {list(table.which).index(t)}: {err}") from None
     return dtypes
 
 

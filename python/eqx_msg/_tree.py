@@ -480,8 +480,9 @@ def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]
             dot = "." if tag == "namedtuple" else ""
             named = ((f"{dot}{name}", child) for name, child in zip(names, children))
         for key, child in named:
-            if leads_somewhere(path + key):
-                stack.append((child, path + key))
+            child_path = path + key
+            if leads_somewhere(child_path):
+                stack.append((child, child_path))
     return known, opaque
 
 

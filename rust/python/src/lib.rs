@@ -173,8 +173,8 @@ struct FileHeader {
     /// Per distinct type, the first leaf of that type.
     first_of_type: Vec<usize>,
     tree: Vec<u8>,
-    /// The msgpack header as checked at open (a copy: the file may change after).
-    header_bytes: Vec<u8>,
+    /// The prefix and msgpack header as checked at open (a copy: the file may change after).
+    head: Vec<u8>,
     file_len: usize,
     /// Length of the msgpack header in bytes.
     #[pyo3(get)]
@@ -201,10 +201,11 @@ impl FileHeader {
             let head = eqx::parse_head(&copy, bytes.len() as u64)?;
             let (header_len, data_start, header) = (head.header_len, head.data_start, head.header);
             let (which, first_of_type) = leaf_types(&header.leaves);
+            let (tree, leaves) = (header.tree.as_bytes().to_vec(), header.leaves);
             Ok(FileHeader {
-                header_bytes: copy[eqx::PREFIX_LEN..eqx::PREFIX_LEN + header_len].to_vec(),
-                tree: header.tree.as_bytes().to_vec(),
-                leaves: header.leaves,
+                head: copy, // (parse_head checked it ends where the header does)
+                tree,
+                leaves,
                 which,
                 first_of_type,
                 file_len: bytes.len(),
@@ -217,7 +218,7 @@ impl FileHeader {
 
     /// The msgpack header as it was checked at open: a copy, so later decodes see what was checked.
     fn header_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.header_bytes)
+        PyBytes::new(py, &self.head[eqx::PREFIX_LEN..])
     }
 
     /// The record (plus its `index`) of the leaf at key path `path`, or None.
