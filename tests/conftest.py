@@ -32,9 +32,42 @@ def parts(data: bytes) -> tuple[bytes, dict, bytes]:
     return data[:8], header, data[start:]
 
 
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), written from its definition: an
+    independent check of the Rust core's. Slow: for test files of a few KiB."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def reseal(data: bytes | bytearray) -> bytes:
+    """A file whose header was patched in place (same length), its header checksum made right
+    again (FORMAT.md section 9: the CRC32C of every byte before the header's last 4)."""
+    (header_len,) = struct.unpack_from("<Q", data, 8)
+    end = 16 + header_len
+    return bytes(data[: end - 4]) + struct.pack(">I", crc32c(data[: end - 4])) + bytes(data[end:])
+
+
 def reframe(data: bytes, edit: Callable[[dict], Any]) -> bytes:
-    """An eqx_msg file with its header changed in place by `edit`, its data section unchanged."""
+    """An eqx_msg file with its header changed by `edit`, its data section unchanged; written
+    without checksums (as files before them were), since the edit may change what they cover."""
     _, header, section = parts(data)
+    header.pop("leaf_crc32c", None)
+    header.pop("header_crc32c", None)
     edit(header)
     return frame(header, section, header["alignment"], struct.unpack_from("<H", data, 6)[0])
 

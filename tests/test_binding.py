@@ -12,6 +12,8 @@ import eqx_msg
 from eqx_msg import _codec, _core, _leaves
 from eqx_msg._errors import DTypeError, LayoutError
 
+from conftest import crc32c
+
 
 def _file(tree):
     return _codec.File(_codec.as_bytes_array(eqx_msg.dumps(tree)))
@@ -93,11 +95,12 @@ def test_an_index_out_of_range_is_refused():
 
 def test_write_range_places_leaves_and_zeros_the_gaps():
     a, b = np.arange(3, dtype=np.uint16), np.full(2, 7, np.uint8)
-    out = _core.write_range(64, 32, [66, 80], [a, b])
+    out, crcs = _core.write_range(64, 32, [66, 80], [a, b])
     want = np.zeros(32, np.uint8)
     want[2:8] = a.view(np.uint8)
     want[16:18] = 7
     assert out == want.tobytes()
+    assert crcs == [crc32c(a.tobytes()), crc32c(b.tobytes())]
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ import pytest
 import eqx_msg
 
 from conftest import frame as _frame
+from conftest import reframe
 
 GOOD = eqx_msg.dumps({"a": np.arange(16, dtype=np.float32), "b": np.ones((2, 3), np.int8)})
+OLD = reframe(GOOD, lambda header: None)  # the same file as written before checksums
 
 
 def _header(leaves, data_nbytes, tree=None):
@@ -49,7 +51,8 @@ def test_hostile_writer_helper_builds_valid_files():
         (GOOD[:6] + struct.pack("<H", 9) + GOOD[8:], eqx_msg.VersionError, "9"),
         (GOOD[:8] + struct.pack("<Q", 2**64 - 1) + GOOD[16:], eqx_msg.FormatError, ""),
         (GOOD[:8] + struct.pack("<Q", len(GOOD)) + GOOD[16:], eqx_msg.LengthError, ""),
-        (GOOD[:16] + b"\xc1" * 40 + GOOD[56:], eqx_msg.HeaderError, ""),
+        (GOOD[:16] + b"\xc1" * 40 + GOOD[56:], eqx_msg.ChecksumError, "header is damaged"),
+        (OLD[:16] + b"\xc1" * 40 + OLD[56:], eqx_msg.HeaderError, ""),
     ],
     ids=[
         "empty",
@@ -62,6 +65,7 @@ def test_hostile_writer_helper_builds_valid_files():
         "header-len-huge",
         "header-len-lies",
         "garbage-header",
+        "garbage-header-without-checksums",
     ],
 )
 def test_framing_damage(data, error, match):

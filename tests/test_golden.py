@@ -19,11 +19,27 @@ from conftest import assert_same_tree, parts
 FIXTURES = Path(__file__).parent / "fixtures"
 EVERY_DTYPE = FIXTURES / "v1_every_dtype.eqx"  # one leaf per dtype name: golden.every_dtype()
 GOLDEN = sorted(set(FIXTURES.glob("v1_*.eqx")) - {EVERY_DTYPE})  # golden.tree(), one per generation
-NEWEST = FIXTURES / "v1_node_keys.eqx"  # what today's writer makes
+NEWEST = FIXTURES / "v1_checksums.eqx"  # what today's writer makes
+CHECKSUMMED = {"v1_checksums.eqx"}  # the generations written with checksums (FORMAT.md section 9)
 
 
 def test_every_writer_generation_has_a_golden_file():
-    assert {p.name for p in GOLDEN} >= {"v1_qualnames.eqx", "v1_public_names.eqx", NEWEST.name}
+    assert {p.name for p in GOLDEN} >= {
+        "v1_qualnames.eqx", "v1_public_names.eqx", "v1_node_keys.eqx", NEWEST.name
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_golden_files_verify_when_written_with_checksums(path):
+    if path.name in CHECKSUMMED:
+        eqx_msg.verify(path)
+        eqx_msg.load(path, verify=True)
+        header = eqx_msg.header(str(path))
+        assert header.header_crc32c is not None and len(header.leaf_crc32c or b"") == 4 * 39
+        return
+    with pytest.raises(eqx_msg.ChecksumError, match="has no checksums"):
+        eqx_msg.verify(path)
+    assert eqx_msg.header(str(path)).header_crc32c is None
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
@@ -88,6 +104,10 @@ def test_todays_writer_makes_the_every_dtype_file_again():
     fresh = parts(eqx_msg.dumps(golden.every_dtype()))
     saved = parts(EVERY_DTYPE.read_bytes())
     assert set(fresh[1].pop("writer")) == set(saved[1].pop("writer"))
+    # Written before checksums: today's file is the same but for them (and so where data starts).
+    assert fresh[1].pop("header_crc32c") and len(fresh[1].pop("leaf_crc32c")) == 4 * len(
+        golden.EVERY_DTYPE
+    )
     assert fresh == saved
 
 

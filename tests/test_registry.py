@@ -355,3 +355,26 @@ def test_registered_names_are_found_by_identity_not_by_a_reused_id():
             eqx_msg.dumps({"f": second})  # a local function: no name, as before
     finally:
         del _registry._user_names[id(second)]
+
+
+def test_format_md_lists_the_trusted_namespaces():
+    import pathlib
+    import re
+
+    from eqx_msg import _registry
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "FORMAT.md").read_text()
+    section = text[text.index("Those namespaces are:") : text.index("plus the builtin classes")]
+    named = set(re.findall(r"`([a-z_.]+)`", section)) - {
+        "jax.scipy.stats"
+    }  # (the distributions' module)
+    stats = {
+        f"jax.scipy.stats.{d}"
+        for d in re.findall(r"`([a-z_]+)`", section.split("distributions")[1])
+    }
+    assert set(_registry._SEED_NAMESPACES) <= named | stats
+    assert {
+        n
+        for n in named
+        if "." in n or n in ("jax", "numpy", "math", "optax", "equinox", "ml_dtypes")
+    } <= set(_registry._SEED_NAMESPACES)

@@ -3,11 +3,8 @@
 conftest.py forces 8 host CPU devices, so these run on any machine.
 """
 
-import struct
-
 import jax
 import jax.numpy as jnp
-import msgpack
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
@@ -15,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import eqx_msg
 
-from conftest import frame
+from conftest import frame, reframe
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (host) devices")
 
@@ -86,14 +83,11 @@ def test_row_shards_alias_the_map(tmp_path):
 def test_saved_layout_needs_its_devices(tmp_path):
     path = tmp_path / "gone.eqx"
     eqx_msg.save(path, {"w": _array(NamedSharding(_mesh((4, 2), ("x", "y")), P("x")))})
-    data = bytearray(path.read_bytes())
-    # Rewrite the recorded device ids to ones this machine does not have (same byte length).
-    header_len = struct.unpack("<Q", data[8:16])[0]
-    header = msgpack.unpackb(bytes(data[16 : 16 + header_len]))
-    header["leaves"][0]["sharding"]["device_ids"] = [100 + i for i in range(8)]
-    encoded = msgpack.packb(header)
-    assert len(encoded) == header_len
-    data[16 : 16 + header_len] = encoded
+
+    def elsewhere(header: dict) -> None:  # device ids this machine does not have
+        header["leaves"][0]["sharding"]["device_ids"] = [100 + i for i in range(8)]
+
+    data = reframe(path.read_bytes(), elsewhere)
     assert eqx_msg.loads(bytes(data))["w"].shape == (16, 8)  # no sharding asked: default device
     bad = tmp_path / "bad.eqx"
     bad.write_bytes(bytes(data))

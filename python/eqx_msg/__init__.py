@@ -8,6 +8,7 @@ eqx_msg.save("model.eqx", model)
 model = eqx_msg.load("model.eqx")            # memory-mapped, zero-copy on the CPU
 with eqx_msg.open("model.eqx") as reader:    # lazy: one leaf, a slice, a subtree
     weight = reader[".layers[0].weight"]
+eqx_msg.verify("model.eqx")                  # every byte against its checksum
 """
 
 from typing import Any
@@ -23,6 +24,7 @@ from ._codec import (
 from ._core import VERSION as FORMAT_VERSION
 from ._core import __version__
 from ._errors import (
+    ChecksumError,
     ClosedError,
     DTypeError,
     EqxMsgError,
@@ -39,7 +41,7 @@ from ._errors import (
     UnserialisableError,
     VersionError,
 )
-from ._file import Reader, load, open, save
+from ._file import Reader, load, open, save, verify
 from ._header import Header, LeafSpec, ShardingSpec
 from ._registry import register
 
@@ -54,6 +56,7 @@ def header(data: Any) -> Header:
 
 __all__ = [
     "FORMAT_VERSION",
+    "ChecksumError",
     "ClosedError",
     "DTypeError",
     "EqxMsgError",
@@ -83,4 +86,5 @@ __all__ = [
     "open",
     "register",
     "save",
+    "verify",
 ]

@@ -202,6 +202,10 @@ class File:
         _leaves.refuse_unreadable(self.table, self._dtypes, indices, self.header.paths)
         return self.header.arrays(self.buf, self._dtypes, indices)
 
+    def verify(self) -> None:
+        """Check every byte against the file's checksums (Rust, all cores); `ChecksumError` if not."""
+        self.header.verify(self.buf)
+
     @property
     def raw(self) -> dict[str, Any]:
         """The header decoded by `msgpack` (first use only)."""
@@ -430,7 +434,9 @@ def _host_arrays(planned: Plan) -> list[np.ndarray | None]:
     ]
 
 
-def loads(data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = False) -> Any:
+def loads(
+    data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = False, verify: bool = False
+) -> Any:
     """Rebuild a pytree from eqx_msg bytes (bytes, bytearray, memoryview or mmap).
 
     **Arguments:**
@@ -442,12 +448,17 @@ def loads(data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = Fals
     - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
     - `as_numpy`: every array leaf as a read-only numpy view, jax leaves included (typed PRNG keys
       stay jax key arrays: numpy has none); nothing goes to a device.
+    - `verify`: first check every byte against the file's checksums (`eqx_msg.verify`), so that
+      damaged data raises `ChecksumError` instead of loading. The prefix and header are always
+      checked.
 
     **Returns:** the pytree. numpy leaves are read-only views into `data` (no copy); jax leaves are
     placed on the default device (on the CPU they alias `data` when it is 64-byte aligned, e.g. an
     mmap). Leave a writable `data` unchanged while the tree is in use.
     """
     file = File(as_bytes_array(data))
+    if verify:
+        file.verify()
     if not as_numpy and _worth_aligning(file):  # (numpy views need no alignment)
         copy, offset = _core.aligned_copy(file.buf, _core.MIN_ALIGNMENT)
         file.buf = copy[offset : offset + len(file.buf)]

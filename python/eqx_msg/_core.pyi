@@ -1,7 +1,8 @@
 """Type stubs for `eqx_msg._core`, the Rust extension (crate `rust/python`, core in `rust/core`).
 
-Failures of the data raise the `eqx_msg._errors` class named by the failure (`MagicError`,
-`VersionError`, `LengthError`, `HeaderError`, `LayoutError`, `DTypeError`, `LimitError`), with a
+Failures of the data raise the `eqx_msg._errors` class of the failure's kind (`MagicError`,
+`VersionError`, `LengthError`, `HeaderError`, `LayoutError`, `DTypeError`, `LimitError`,
+`ChecksumError`; the Rust core's `ErrorKind`, mapped to the classes once at import), with a
 message saying what is wrong and where. Beyond those: `MemoryError` when an allocation fails,
 `TypeError`/`OverflowError` for an argument of the wrong type or range, `IndexError` for a leaf index
 out of range.
@@ -20,8 +21,8 @@ import numpy.typing as npt
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_LEN", "MIN_ALIGNMENT", "MAX_ALIGNMENT", "MAX_HEADER_LEN", "MAX_DEPTH",
     "MAX_NDIM", "__version__", "dtype_names", "dtype_bits", "storage_nbytes", "layout", "FileHeader",
-    "aligned_copy", "total_len", "frame_prefix", "assemble", "assemble_into", "write_range",
-    "pack_subbyte", "unpack_subbyte",
+    "aligned_copy", "total_len", "FileFrame", "crc32c", "crc32c_combine", "write_leaf",
+    "write_gathered", "assemble", "assemble_into", "write_range", "pack_subbyte", "unpack_subbyte",
 ]  # fmt: skip
 
 MAGIC: bytes
@@ -67,6 +68,16 @@ class FileHeader:
     def __new__(cls, buf: npt.NDArray[np.uint8]) -> FileHeader:
         """Validate a whole file (prefix, header, exact length) and keep its decoded header."""
 
+    has_checksums: bool
+    """Whether the file has checksums (FORMAT.md section 9)."""
+
+    def verify(self, buf: npt.NDArray[np.uint8]) -> None:
+        """Check every byte of the file `buf` against the checksums (all cores, GIL released).
+
+        ChecksumError naming every damaged leaf (its `paths`), a nonzero padding byte, or a file
+        without checksums.
+        """
+
     def header_bytes(self) -> bytes:
         """The msgpack header as it was checked at open: a copy, so later decodes see what was checked."""
 
@@ -106,8 +117,40 @@ def aligned_copy(buf: npt.NDArray[np.uint8], alignment: int) -> tuple[npt.NDArra
     LayoutError unless `alignment` is a power of two up to MAX_ALIGNMENT.
     """
 
-def frame_prefix(header: bytes) -> bytes:
-    """Prefix + header + zero padding up to the data section, for streaming writers."""
+@final
+class FileFrame:
+    """A file to be streamed: its validated header (checksum entries added) and geometry."""
+
+    leaf_count: int
+    """Number of leaf records."""
+    data_start: int
+    """File offset of the data section."""
+    total_len: int
+    """Length of the whole file."""
+
+    def __new__(cls, header: bytes) -> FileFrame:
+        """Validate an encoded header without checksum entries (HeaderError if it has them)."""
+
+    def front(self, leaf_crcs: Sequence[int]) -> bytes:
+        """Prefix, sealed header and zero padding (the first `data_start` bytes of the file), given
+        every leaf's CRC32C in record order (0 for abstract leaves)."""
+
+def crc32c(data: np.ndarray, crc: int = 0) -> int:
+    """The CRC32C of a C-contiguous array's bytes, continuing from `crc` (GIL released)."""
+
+def crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """The CRC32C of `a + b`, given the CRC32C of each and `len(b)`."""
+
+def write_leaf(fd: int, offset: int, data: np.ndarray) -> int:
+    """Write an array's bytes at file offset `offset` of the open file `fd` (positional writes by
+    several threads, GIL released); return their CRC32C. OSError as the write reports it. POSIX only."""
+
+def write_gathered(
+    fd: int, file_offset: int, base: int, length: int, offsets: Sequence[int],
+    leaves: Sequence[np.ndarray],
+) -> list[int]:  # fmt: skip
+    """Write data-section range `[base, base + length)` (each leaf at its offset, zeros between) at
+    file offset `file_offset` of `fd` in one positional write; return each leaf's CRC32C."""
 
 def total_len(header: bytes) -> int:
     """Length of the whole file an encoded header describes (validating the header)."""
@@ -117,8 +160,9 @@ def assemble(header: bytes, leaves: Sequence[np.ndarray | None]) -> bytes:
 
 def write_range(
     base: int, length: int, offsets: Sequence[int], leaves: Sequence[np.ndarray]
-) -> bytes:
-    """Data-section bytes `[base, base + length)`: each leaf's bytes at its offset, zeros elsewhere.
+) -> tuple[bytes, list[int]]:
+    """Data-section bytes `[base, base + length)`: each leaf's bytes at its offset, zeros elsewhere;
+    and each leaf's CRC32C.
 
     Offsets increase; leaves are C-contiguous and may not overlap or leave the range (`LayoutError`).
     """

@@ -76,6 +76,19 @@ class LayoutError(FormatError):
     """A leaf's byte range is misaligned, out of bounds, overlapping, or of the wrong length."""
 
 
+class ChecksumError(FormatError):
+    """The file's bytes are not the ones written: a checksum does not match, or padding that must be
+    zero is not (the file was damaged after it was written); or `verify` was asked of a file that
+    has no checksums.
+
+    `paths` lists the key paths of the damaged leaves (empty when the damage is elsewhere);
+    `header` is True when the prefix or header is damaged.
+    """
+
+    paths: list[str] = []
+    header: bool = False
+
+
 class DTypeError(FormatError):
     """A dtype name that is not in the format's dtype table."""
 

@@ -56,10 +56,12 @@ def save(
     fd, tmp = _temporary(directory, name)
     try:
         os.fchmod(fd, _mode_for(path))
-        # The buffer gathers small leaves into few writes; larger ones bypass it, uncopied.
         with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as f:
-            _write(f, planned)
-            f.flush()
+            if _POSITIONAL:
+                _write_positional(f.fileno(), planned)
+            else:  # pragma: no cover - Windows: no positional writes in the binding
+                _write(f, planned)
+                f.flush()
             os.fsync(f.fileno())
             if tmp is None:  # an unnamed file: named only now, complete, for the rename
                 tmp = _name_unnamed(f.fileno(), directory, name)
@@ -158,36 +160,146 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_POSITIONAL = hasattr(_core, "write_leaf")
+
+
+def _write_positional(fd: int, planned: _codec.Plan) -> None:
+    """Write the file into the empty file `fd`: every leaf at its offset (Rust's positional writer,
+    several threads, summing as it writes), then the front, sealed with the leaves' checksums.
+    Padding is never written: the file is given its length first, so gaps read as zeros."""
+    frame = _core.FileFrame(planned.header)
+    os.ftruncate(fd, frame.total_len)
+    crcs = _write_leaves(_PositionalSink(fd, frame.data_start), planned)
+    _core.write_leaf(fd, 0, np.frombuffer(frame.front(crcs), np.uint8))
+
+
 def _write(f: BinaryIO, planned: _codec.Plan) -> None:
-    """Stream the prefix, header and every leaf (with zero padding) to `f`.
+    """Stream the file to the file object `f`: a placeholder front, every leaf with zero padding,
+    then the sealed front over the placeholder. A stream that cannot seek back is summed first
+    (each leaf is read twice, device arrays copied to the host twice) and then written in order."""
+    frame = _core.FileFrame(planned.header)
+    if _seekable(f):
+        start = f.tell()
+        _write_all(f, bytes(frame.data_start))
+        crcs = _write_leaves(_StreamSink(f), planned)
+        end = f.tell()
+        f.seek(start)
+        _write_all(f, frame.front(crcs))
+        f.seek(end)
+        return
+    crcs = _write_leaves(_SumSink(), planned)
+    _write_all(f, frame.front(crcs))
+    _write_leaves(_StreamSink(f), planned)
+
+
+def _seekable(f: BinaryIO) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _write_leaves(sink: _Sink, planned: _codec.Plan) -> list[int]:
+    """Hand every leaf's bytes to `sink`; returns each leaf's CRC32C (0 for abstract leaves).
 
     Small leaves are gathered into one block per few MiB (10,000 tiny leaves: a handful of writes,
-    not 20,000); large ones go to `f` straight from their host arrays, a shard at a time.
+    not 20,000); large ones go to the sink straight from their host arrays, a shard at a time.
     """
-    _write_all(f, _core.frame_prefix(planned.header))
-    position = 0  # relative to the data section
+    crcs = [0] * len(planned.records)
     block = _Block()
-    for record, source in zip(planned.records, planned.sources):
+    for index, (record, source) in enumerate(zip(planned.records, planned.sources)):
         if record["kind"] == "abstract":
             continue
         if record["nbytes"] <= _SMALL_LEAF:
-            if not block.add(record, source):
-                position = block.flush(f, position)
-                block.add(record, source)
+            if not block.add(index, record, source):
+                block.flush(sink, crcs)
+                block.add(index, record, source)
             continue
-        position = block.flush(f, position)
-        _pad(f, record["offset"] - position)
-        written = 0
+        block.flush(sink, crcs)
+        crc = written = 0
         for chunk in _host_chunks(record, source):
-            _write_all(f, chunk)
+            part = sink.leaf(record["offset"] + written, chunk)
+            crc = _core.crc32c_combine(crc, part, chunk.nbytes)
             written += chunk.nbytes
         if written != record["nbytes"]:  # pragma: no cover - guards a logic error, never a file
             raise LayoutError(
                 f"{record['path']}: wrote {written} bytes, expected {record['nbytes']}"
             )
-        position = record["offset"] + written
-    position = block.flush(f, position)
-    _pad(f, planned.data_nbytes - position)
+        crcs[index] = crc
+    block.flush(sink, crcs)
+    sink.end(planned.data_nbytes)
+    return crcs
+
+
+class _Sink:
+    """Where `_write_leaves` puts bytes: offsets are relative to the data section."""
+
+    def leaf(self, offset: int, data: np.ndarray) -> int:
+        """Put `data` at `offset`; return its CRC32C."""
+        raise NotImplementedError
+
+    def gathered(
+        self, base: int, length: int, offsets: list[int], arrays: list[np.ndarray]
+    ) -> list[int]:
+        """Put the range `[base, base + length)`: each array at its offset, zeros between; return
+        each array's CRC32C."""
+        raise NotImplementedError
+
+    def end(self, data_nbytes: int) -> None:
+        """Everything is put: the data section ends at `data_nbytes`."""
+
+
+class _PositionalSink(_Sink):
+    """Positional writes into a file descriptor, by Rust (GIL released)."""
+
+    def __init__(self, fd: int, data_start: int):
+        self.fd, self.data_start = fd, data_start
+
+    def leaf(self, offset: int, data: np.ndarray) -> int:
+        return _core.write_leaf(self.fd, self.data_start + offset, data)
+
+    def gathered(
+        self, base: int, length: int, offsets: list[int], arrays: list[np.ndarray]
+    ) -> list[int]:
+        return _core.write_gathered(self.fd, self.data_start + base, base, length, offsets, arrays)
+
+
+class _StreamSink(_Sink):
+    """Sequential writes to a file object, with zero padding between."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.position = f, 0
+
+    def leaf(self, offset: int, data: np.ndarray) -> int:
+        _pad(self.f, offset - self.position)
+        crc = _core.crc32c(data)
+        _write_all(self.f, data)
+        self.position = offset + data.nbytes
+        return crc
+
+    def gathered(
+        self, base: int, length: int, offsets: list[int], arrays: list[np.ndarray]
+    ) -> list[int]:
+        _pad(self.f, base - self.position)
+        block, crcs = _core.write_range(base, length, offsets, arrays)
+        _write_all(self.f, block)
+        self.position = base + length
+        return crcs
+
+    def end(self, data_nbytes: int) -> None:
+        _pad(self.f, data_nbytes - self.position)
+
+
+class _SumSink(_Sink):
+    """Sums without writing (a first pass for streams that cannot seek back to the front)."""
+
+    def leaf(self, offset: int, data: np.ndarray) -> int:
+        return _core.crc32c(data)
+
+    def gathered(
+        self, base: int, length: int, offsets: list[int], arrays: list[np.ndarray]
+    ) -> list[int]:
+        return [_core.crc32c(a) for a in arrays]
 
 
 class _Block:
@@ -195,33 +307,34 @@ class _Block:
 
     def __init__(self) -> None:
         self.start = 0  # data-section offset of the first leaf
+        self.indices: list[int] = []  # the leaves' record indices
         self.offsets: list[int] = []
         self.arrays: list[np.ndarray] = []  # the leaves' stored bytes
         self.end = 0
 
-    def add(self, record: dict[str, Any], source: Any) -> bool:
+    def add(self, index: int, record: dict[str, Any], source: Any) -> bool:
         """Take one leaf; False (taking nothing) if the block would grow past its size."""
         end = record["offset"] + record["nbytes"]
         if not self.arrays:
             self.start = record["offset"]
         elif end - self.start > _BLOCK:
             return False
+        self.indices.append(index)
         self.offsets.append(record["offset"])
         self.arrays.append(_leaves.host_array(record, source))
         self.end = end
         return True
 
-    def flush(self, f: BinaryIO, position: int) -> int:
-        """Write the block (after zero padding from `position`); returns the new position."""
+    def flush(self, sink: _Sink, crcs: list[int]) -> None:
+        """Hand the block to `sink`, recording its leaves' checksums in `crcs`."""
         if not self.arrays:
-            return position
-        _pad(f, self.start - position)
-        _write_all(
-            f, _core.write_range(self.start, self.end - self.start, self.offsets, self.arrays)
-        )
+            return
+        sums = sink.gathered(self.start, self.end - self.start, self.offsets, self.arrays)
+        for index, crc in zip(self.indices, sums):
+            crcs[index] = crc
+        self.indices.clear()
         self.offsets.clear()
         self.arrays.clear()
-        return self.end
 
 
 def _host_chunks(record: dict[str, Any], source: Any) -> Iterator[np.ndarray]:
@@ -324,6 +437,7 @@ def load(
     sharding: Any = None,
     filter: Any = None,
     as_numpy: bool = False,
+    verify: bool = False,
 ) -> Any:
     """Load a pytree from a file by memory-mapping it: nothing is read until it is used.
 
@@ -339,12 +453,17 @@ def load(
       `jax.ShapeDtypeStruct`.
     - `as_numpy`: every array leaf as a read-only numpy view into the map, jax leaves included
       (typed PRNG keys stay jax key arrays: numpy has none); nothing goes to a device.
+    - `verify`: first check every byte of the file against its checksums (`Reader.verify`), so that
+      a damaged file raises `ChecksumError` instead of loading; this reads the whole file. The
+      prefix and header are checked on every load.
 
     **Returns:** the pytree. numpy leaves are read-only views into the map, which stays open while any
     array uses it. Replace the file only with `save` (a rename) while they are in use: writing into
     it in place (`cp`, truncation) changes them, or ends the process with SIGBUS.
     """
     with open(path) as reader:
+        if verify:
+            reader.verify()
         return reader.load(
             like=like,
             allow=allow,
@@ -353,6 +472,23 @@ def load(
             filter=filter,
             as_numpy=as_numpy,
         )
+
+
+def verify(source: Any) -> None:
+    """Check a file, or the bytes of one, against its checksums: every leaf, the header, padding.
+
+    **Arguments:**
+    - `source`: a path, or bytes-like data (bytes, bytearray, memoryview, mmap, numpy array).
+
+    **Raises:** `ChecksumError` naming every damaged leaf by key path (`error.paths`), or saying
+    that the prefix or header is damaged (`error.header`), that padding is not zero, or that the
+    file has no checksums; any other `FormatError` for a file that is not valid at all.
+    """
+    if isinstance(source, str | os.PathLike):
+        with open(source) as reader:
+            reader.verify()
+        return
+    _codec.File(_codec.as_bytes_array(source)).verify()
 
 
 def open(path: PathLike) -> Reader:  # noqa: A001 - mirrors builtins.open on purpose
@@ -430,6 +566,16 @@ class Reader:
         )
         table = _leaves.table_of([record])
         return _leaves.build_leaves(table, self._arrays([index]), device, shardings)[0]
+
+    def verify(self) -> None:
+        """Check every byte of the file against its checksums, using all cores.
+
+        **Raises:** `ChecksumError` naming every damaged leaf by key path (its `paths`), the first
+        nonzero padding byte, or that the file has no checksums (written before eqx_msg 0.2.0).
+        A damaged prefix or header is refused already when the file is opened.
+        """
+        self._check_open()
+        self._file.verify()
 
     def slice(self, key: str) -> _Slice:
         """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""

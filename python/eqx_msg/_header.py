@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, NonNegativeInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    NonNegativeInt,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 from . import _core
 
@@ -172,6 +181,13 @@ Node = (
 )
 
 
+_Checksums = Annotated[
+    bytes,
+    PlainSerializer(lambda b: b.hex(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base16"}),
+]
+
+
 class Header(_Model):
     """The header of an eqx_msg file."""
 
@@ -184,6 +200,18 @@ class Header(_Model):
     metadata: Any = None
     writer: dict[str, Any] = Field(
         default={}, description="software versions; eqx_msg writes str values, readers take any"
+    )
+    leaf_crc32c: _Checksums | None = Field(
+        default=None,
+        description="the CRC32C of each leaf's stored bytes, 4 little-endian bytes per leaf record "
+        "(0 for abstract leaves); in JSON, as hex",
+    )
+    header_crc32c: int | None = Field(
+        default=None,
+        ge=0,
+        lt=1 << 32,
+        description="the CRC32C of the prefix and every header byte before its own 4 bytes; the "
+        "header's last value, a msgpack uint32",
     )
 
     def keys(self) -> list[str]:

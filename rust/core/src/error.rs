@@ -252,6 +252,32 @@ pub enum Error {
         /// The range being written.
         within: (u64, u64),
     },
+    /// The header's checksum (`header_crc32c`) does not match the prefix and header bytes.
+    HeaderChecksum {
+        /// The checksum the header holds.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+    /// Leaves whose stored bytes do not match their checksum (`leaf_crc32c`).
+    LeafChecksums {
+        /// Every damaged leaf, in record order.
+        leaves: Vec<LeafRef>,
+    },
+    /// A byte that must be zero (header padding, padding between or after leaves) is not.
+    NonzeroPadding {
+        /// The file offset of the first nonzero byte.
+        offset: u64,
+        /// Which padding it lies in.
+        what: &'static str,
+    },
+    /// Verification was asked of a file written without checksums.
+    NoChecksums,
+    /// The checksum fields of the header break their rules (FORMAT.md section 9).
+    BadChecksumField {
+        /// What is wrong.
+        reason: String,
+    },
     /// Memory for a new buffer could not be allocated.
     AllocFailed {
         /// The size asked for.
@@ -268,16 +294,84 @@ pub enum Error {
     },
 }
 
+/// The kinds of failure, one per Python exception class (`eqx_msg._errors`, or `MemoryError`).
+///
+/// The binding maps each kind to its class once, at import ([`ErrorKind::ALL`] lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Not an eqx_msg file.
+    Magic,
+    /// A format version this reader does not know, or prefix and header disagree on it.
+    Version,
+    /// Truncated or trailing bytes.
+    Length,
+    /// A limit of the format (header length, depth, dimensions) is exceeded.
+    Limit,
+    /// The header is not valid msgpack, or a field is missing or malformed.
+    Header,
+    /// A dtype the format does not know.
+    DType,
+    /// A byte range is misaligned, out of bounds, overlapping or of the wrong length.
+    Layout,
+    /// The bytes are not those written: a checksum or a zero padding byte does not match.
+    Checksum,
+    /// Memory could not be allocated (Python's own `MemoryError`: not a fault of the data).
+    Memory,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Magic,
+        ErrorKind::Version,
+        ErrorKind::Length,
+        ErrorKind::Limit,
+        ErrorKind::Header,
+        ErrorKind::DType,
+        ErrorKind::Layout,
+        ErrorKind::Checksum,
+        ErrorKind::Memory,
+    ];
+
+    /// The name of the Python exception class of this kind.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            ErrorKind::Magic => "MagicError",
+            ErrorKind::Version => "VersionError",
+            ErrorKind::Length => "LengthError",
+            ErrorKind::Limit => "LimitError",
+            ErrorKind::Header => "HeaderError",
+            ErrorKind::DType => "DTypeError",
+            ErrorKind::Layout => "LayoutError",
+            ErrorKind::Checksum => "ChecksumError",
+            ErrorKind::Memory => "MemoryError",
+        }
+    }
+}
+
+impl PartialEq<&str> for ErrorKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.class_name() == *other
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.class_name())
+    }
+}
+
 impl Error {
-    /// The name of the Python exception class this error maps to: one of `eqx_msg._errors`, or
-    /// the built-in `MemoryError` for [`Error::AllocFailed`].
-    pub fn kind(&self) -> &'static str {
+    /// The kind of this error (which Python exception class it is raised as).
+    pub fn kind(&self) -> ErrorKind {
         use Error::*;
         match self {
-            BadMagic { .. } => "MagicError",
-            UnsupportedVersion { .. } | VersionMismatch { .. } => "VersionError",
-            TruncatedPrefix { .. } | TruncatedHeader { .. } | FileLength { .. } => "LengthError",
-            HeaderTooLong { .. } | TooDeep { .. } | TooManyDims { .. } => "LimitError",
+            BadMagic { .. } => ErrorKind::Magic,
+            UnsupportedVersion { .. } | VersionMismatch { .. } => ErrorKind::Version,
+            TruncatedPrefix { .. } | TruncatedHeader { .. } | FileLength { .. } => {
+                ErrorKind::Length
+            }
+            HeaderTooLong { .. } | TooDeep { .. } | TooManyDims { .. } => ErrorKind::Limit,
             Msgpack { .. }
             | HeaderTrailing { .. }
             | WrongType { .. }
@@ -286,8 +380,9 @@ impl Error {
             | NonStringKey { .. }
             | BadFormat { .. }
             | UnknownKind { .. }
-            | BadKeyImpl { .. } => "HeaderError",
-            UnknownDType { .. } | BadBits { .. } => "DTypeError",
+            | BadKeyImpl { .. }
+            | BadChecksumField { .. } => ErrorKind::Header,
+            UnknownDType { .. } | BadBits { .. } => ErrorKind::DType,
             BadAlignment { .. }
             | Misaligned { .. }
             | OutOfBounds { .. }
@@ -299,8 +394,11 @@ impl Error {
             | LeafData { .. }
             | LeafLength { .. }
             | BadSegment { .. }
-            | BufferLength { .. } => "LayoutError",
-            AllocFailed { .. } => "MemoryError", // Python's own: not a fault of the data
+            | BufferLength { .. } => ErrorKind::Layout,
+            HeaderChecksum { .. } | LeafChecksums { .. } | NonzeroPadding { .. } | NoChecksums => {
+                ErrorKind::Checksum
+            }
+            AllocFailed { .. } => ErrorKind::Memory,
         }
     }
 
@@ -486,6 +584,39 @@ impl fmt::Display for Error {
                 expected,
                 actual,
             } => write!(f, "{what} is {actual} bytes, expected {expected}"),
+            HeaderChecksum { stored, computed } => write!(
+                f,
+                "the header is damaged: its checksum (header_crc32c) is {stored:#010x}, but the \
+                 prefix and header bytes give {computed:#010x}"
+            ),
+            LeafChecksums { leaves } => {
+                let shown = 20;
+                let noun = if leaves.len() == 1 { "leaf" } else { "leaves" };
+                write!(
+                    f,
+                    "the file is damaged: {} {noun} whose bytes do not match the checksum \
+                     (leaf_crc32c): ",
+                    leaves.len()
+                )?;
+                for (k, leaf) in leaves.iter().take(shown).enumerate() {
+                    let sep = if k == 0 { "" } else { ", " };
+                    write!(f, "{sep}{leaf}")?;
+                }
+                if leaves.len() > shown {
+                    write!(f, " and {} more", leaves.len() - shown)?;
+                }
+                Ok(())
+            }
+            NonzeroPadding { offset, what } => write!(
+                f,
+                "the file is damaged: byte {offset} lies in {what}, which must be zero, and is not"
+            ),
+            NoChecksums => write!(
+                f,
+                "the file has no checksums (it was written before eqx_msg 0.2.0), so it cannot be \
+                 verified; load it without verify, and save it again to add them"
+            ),
+            BadChecksumField { reason } => write!(f, "header checksum fields: {reason}"),
             AllocFailed { bytes } => write!(f, "cannot allocate {bytes} bytes"),
         }
     }

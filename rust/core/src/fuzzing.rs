@@ -19,6 +19,7 @@ pub fn exercise(data: &[u8]) {
         if let Some(metadata) = &header.metadata {
             let _ = metadata.decode();
         }
+        let _ = reader.verify();
     }
     let _ = Header::decode_validated(data);
     if let Some(rest) = data.get(crate::PREFIX_LEN..) {

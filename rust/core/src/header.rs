@@ -1,5 +1,6 @@
 //! The msgpack header (FORMAT.md sections 2-3): decoding into typed records and validating them.
 
+use crate::checksum;
 use crate::dtype;
 use crate::error::{Error, LeafRef, Result};
 use crate::frame::{MAX_ALIGNMENT, MAX_NDIM, MIN_ALIGNMENT, VERSION};
@@ -106,6 +107,25 @@ pub struct Header<'a> {
     pub metadata: Option<RawValue<'a>>,
     /// The writer's software versions, checked but undecoded.
     pub writer: Option<RawValue<'a>>,
+    /// The checksums (FORMAT.md section 9), if the file has them.
+    pub checksums: Option<Checksums<'a>>,
+}
+
+/// The checksum fields of a header (`leaf_crc32c` and `header_crc32c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksums<'a> {
+    /// `leaf_crc32c`: 4 little-endian bytes per leaf record.
+    leaves: &'a [u8],
+    /// `header_crc32c`.
+    pub header: u32,
+}
+
+impl Checksums<'_> {
+    /// The stored CRC32C of leaf record `i` (0 for an abstract leaf), if `i` is in range.
+    pub fn leaf(&self, i: usize) -> Option<u32> {
+        let b = self.leaves.get(4 * i..4 * i + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
 }
 
 /// Level of the header map's values (the map itself is level 1).
@@ -123,7 +143,7 @@ const LEAF_KEYS: [&str; 8] = [
     "weak_type",
     "key_impl",
 ];
-const ROOT_KEYS: [&str; 8] = [
+const ROOT_KEYS: [&str; 10] = [
     "format",
     "version",
     "alignment",
@@ -132,6 +152,8 @@ const ROOT_KEYS: [&str; 8] = [
     "tree",
     "metadata",
     "writer",
+    checksum::LEAF_KEY,
+    checksum::HEADER_KEY,
 ];
 
 /// Index of a known header key in [`ROOT_KEYS`].
@@ -145,6 +167,8 @@ fn root_key(key: &str) -> Option<usize> {
         "tree" => 5,
         "metadata" => 6,
         "writer" => 7,
+        checksum::LEAF_KEY => 8,
+        checksum::HEADER_KEY => 9,
         _ => return None,
     })
 }
@@ -179,7 +203,7 @@ impl<'a> Header<'a> {
         };
         // Known keys are checked for repeats as they come; unknown ones are collected in `keys`.
         let mut keys: Vec<&'a str> = Vec::new();
-        let mut at: [Option<usize>; 8] = [None; 8];
+        let mut at: [Option<usize>; 10] = [None; 10];
         let mut leaves = Vec::new();
         let mut raw: [Option<RawValue<'a>>; 3] = [None; 3];
         for _ in 0..n {
@@ -250,6 +274,7 @@ impl<'a> Header<'a> {
             let found = Cursor::at(v.as_bytes(), 0).next()?;
             return Err(wrong(&field(7), "map", &found));
         }
+        let checksums = checksums(bytes, at[8], at[9], leaves.len())?;
         Ok(Header {
             version: VERSION,
             alignment,
@@ -258,6 +283,7 @@ impl<'a> Header<'a> {
             tree,
             metadata,
             writer,
+            checksums,
         })
     }
 
@@ -386,6 +412,62 @@ impl<'a> Header<'a> {
             second_range: (b.0, b.1),
         }
     }
+}
+
+/// The checksum fields, given where their values start in the header (`None` if absent): both or
+/// neither; `leaf_crc32c` a bin of 4 bytes per record; `header_crc32c` the header's last value,
+/// encoded as a msgpack uint32 (FORMAT.md section 9). Nil is not "absent" here: it is refused.
+fn checksums(
+    bytes: &[u8],
+    leaf_at: Option<usize>,
+    header_at: Option<usize>,
+    n_leaves: usize,
+) -> Result<Option<Checksums<'_>>> {
+    let bad = |reason: String| Error::BadChecksumField { reason };
+    let (leaf_at, header_at) = match (leaf_at, header_at) {
+        (None, None) => return Ok(None),
+        (Some(l), Some(h)) => (l, h),
+        (Some(_), None) => {
+            return Err(bad(format!(
+                "{:?} without {:?}",
+                checksum::LEAF_KEY,
+                checksum::HEADER_KEY
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(bad(format!(
+                "{:?} without {:?}",
+                checksum::HEADER_KEY,
+                checksum::LEAF_KEY
+            )))
+        }
+    };
+    let leaves = match Cursor::at(bytes, leaf_at).next()? {
+        Token::Bin(b) if Some(b.len()) == n_leaves.checked_mul(4) => b,
+        Token::Bin(b) => {
+            return Err(bad(format!(
+                "{:?} holds {} bytes, but the header has {n_leaves} leaf records (4 bytes each)",
+                checksum::LEAF_KEY,
+                b.len()
+            )))
+        }
+        other => {
+            return Err(wrong(
+                &format!("header field {:?}", checksum::LEAF_KEY),
+                "bin",
+                &other,
+            ))
+        }
+    };
+    if header_at + 5 != bytes.len() || bytes[header_at] != 0xce {
+        return Err(bad(format!(
+            "{:?} must be the header's last value, a msgpack uint32 (0xce and 4 bytes)",
+            checksum::HEADER_KEY
+        )));
+    }
+    let b = &bytes[header_at + 1..];
+    let header = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Ok(Some(Checksums { leaves, header }))
 }
 
 /// `storage_nbytes` of a leaf record, with errors naming the leaf.

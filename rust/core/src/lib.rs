@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checksum;
 pub mod dtype;
 pub mod error;
 pub mod frame;
@@ -28,22 +29,21 @@ pub mod fuzzing;
 pub mod header;
 pub mod layout;
 pub mod msgpack;
+pub mod positional;
 pub mod reader;
 pub mod subbyte;
 pub mod writer;
 
-pub use error::{Error, LeafRef, Result};
+pub use error::{Error, ErrorKind, LeafRef, Result};
 pub use frame::{
     align_up, data_start, encode_prefix, parse_prefix, MAGIC, MAX_ALIGNMENT, MAX_DEPTH,
     MAX_HEADER_LEN, MAX_NDIM, MIN_ALIGNMENT, PREFIX_LEN, VERSION,
 };
-pub use header::{Header, LeafKind, LeafSpec};
+pub use header::{Checksums, Header, LeafKind, LeafSpec};
 pub use msgpack::RawValue;
 pub use reader::{parse_head, Head, MappedFile, Reader};
 pub use rmpv;
-pub use writer::{
-    assemble, assemble_into, frame_prefix, parallel_copy, total_len, write_range, Frame,
-};
+pub use writer::{assemble, assemble_into, parallel_copy, total_len, write_range, Frame};
 
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::error::{Error, Result};
+use crate::checksum;
+use crate::error::{Error, LeafRef, Result};
 use crate::frame::{data_start, parse_prefix, PREFIX_LEN};
 use crate::header::{Header, LeafSpec};
 
@@ -40,7 +41,20 @@ pub fn parse_head(head: &[u8], file_len: u64) -> Result<Head<'_>> {
     }
     // header_end <= head.len(), so it fits in usize.
     let header_end = header_end as usize;
-    let header = Header::decode_validated(&head[PREFIX_LEN..header_end])?;
+    let header = match Header::decode_validated(&head[PREFIX_LEN..header_end]) {
+        Ok(header) => header,
+        // A damaged sealed header is reported as damage, not as whatever the damage made of it.
+        Err(e) => return Err(damaged_header(&head[..header_end]).unwrap_or(e)),
+    };
+    if let Some(sums) = &header.checksums {
+        let computed = checksum::header_crc(&head[..header_end]);
+        if computed != sums.header {
+            return Err(Error::HeaderChecksum {
+                stored: sums.header,
+                computed,
+            });
+        }
+    }
     let start = data_start(header_len, header.alignment)?;
     // Saturating: a sum past u64::MAX is "longer than any buffer", reported as truncation.
     let expected = start.saturating_add(header.data_nbytes);
@@ -61,6 +75,42 @@ pub fn parse_head(head: &[u8], file_len: u64) -> Result<Head<'_>> {
     })
 }
 
+/// The checksum error for a header that ends as a sealed one does but whose checksum does not
+/// match, if it is one (`head`: prefix and header).
+fn damaged_header(head: &[u8]) -> Option<Error> {
+    if !checksum::looks_sealed(&head[PREFIX_LEN..]) {
+        return None;
+    }
+    let b = &head[head.len() - 4..];
+    let stored = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let computed = checksum::header_crc(head);
+    (stored != computed).then_some(Error::HeaderChecksum { stored, computed })
+}
+
+impl Head<'_> {
+    /// Checks that the header padding (file bytes `16 + H .. D`) of `file` is zero.
+    pub fn check_padding(&self, file: &[u8]) -> Result<()> {
+        let start = PREFIX_LEN + self.header_len;
+        zeros(file, start, self.data_start, "the padding after the header")
+    }
+}
+
+/// Fails naming the first nonzero byte of `file[start..end]` (a range inside it).
+fn zeros(file: &[u8], start: usize, end: usize, what: &'static str) -> Result<()> {
+    let range = file.get(start..end).ok_or(Error::BufferLength {
+        what: "the file buffer",
+        expected: end as u64,
+        actual: file.len() as u64,
+    })?;
+    match range.iter().position(|&b| b != 0) {
+        None => Ok(()),
+        Some(k) => Err(Error::NonzeroPadding {
+            offset: (start + k) as u64,
+            what,
+        }),
+    }
+}
+
 /// A validated eqx_msg file: its header and zero-copy access to every leaf's bytes.
 #[derive(Debug)]
 pub struct Reader<'a> {
@@ -74,6 +124,7 @@ impl<'a> Reader<'a> {
     /// Checks the whole file: prefix, header (decoded and validated), and exact length.
     pub fn new(buf: &'a [u8]) -> Result<Reader<'a>> {
         let head = parse_head(buf, buf.len() as u64)?;
+        head.check_padding(buf)?;
         Ok(Reader {
             buf,
             header: head.header,
@@ -120,6 +171,55 @@ impl<'a> Reader<'a> {
     /// The index and record of the leaf whose key path is `path`, if any (a linear scan).
     pub fn find(&self, path: &str) -> Option<(usize, &LeafSpec)> {
         LeafSpec::find(&self.header.leaves, path)
+    }
+
+    /// Checks every byte of the file against its checksums: each leaf's bytes against
+    /// `leaf_crc32c` (summed by all cores), and every padding byte for zero. The prefix and header
+    /// were checked when the reader was made.
+    ///
+    /// Fails with `LeafChecksums` naming every damaged leaf, `NonzeroPadding`, or `NoChecksums`
+    /// for a file written without checksums.
+    pub fn verify(&self) -> Result<()> {
+        let sums = self.header.checksums.ok_or(Error::NoChecksums)?;
+        let leaves = &self.header.leaves;
+        let with_bytes: Vec<usize> = (0..leaves.len())
+            .filter(|&i| leaves[i].byte_range().is_some())
+            .collect();
+        let buffers: Vec<&[u8]> = with_bytes
+            .iter()
+            .map(|&i| self.leaf_bytes(i).unwrap_or(&[]))
+            .collect();
+        let computed = checksum::crc32c_all(&buffers);
+        let damaged: Vec<LeafRef> = with_bytes
+            .iter()
+            .zip(&computed)
+            .filter(|&(&i, &crc)| sums.leaf(i) != Some(crc))
+            .map(|(&i, _)| LeafRef::new(i, &leaves[i].path))
+            .collect();
+        if !damaged.is_empty() {
+            return Err(Error::LeafChecksums { leaves: damaged });
+        }
+        // Every byte of the data section outside the leaves is padding.
+        let mut ranges: Vec<(u64, u64)> = leaves.iter().filter_map(|l| l.byte_range()).collect();
+        ranges.sort_unstable();
+        let mut pos = 0u64;
+        let base = self.data_start;
+        for (start, end) in ranges
+            .into_iter()
+            .chain([(self.header.data_nbytes, self.header.data_nbytes)])
+        {
+            if start > pos {
+                // Inside the validated data section, so both fit in usize.
+                zeros(
+                    self.buf,
+                    base + pos as usize,
+                    base + start as usize,
+                    "the padding between leaves",
+                )?;
+            }
+            pos = pos.max(end);
+        }
+        Ok(())
     }
 
     /// The stored bytes of leaf `i`, or `None` for an abstract leaf or an index out of range.

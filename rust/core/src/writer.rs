@@ -7,8 +7,9 @@
 use std::mem::MaybeUninit;
 use std::thread;
 
+use crate::checksum;
 use crate::error::{Error, LeafRef, Result};
-use crate::frame::{data_start, encode_prefix, MAX_HEADER_LEN, PREFIX_LEN};
+use crate::frame::{data_start, encode_prefix, MAX_HEADER_LEN};
 use crate::header::Header;
 
 /// Data sections smaller than this are written by the calling thread alone.
@@ -17,9 +18,13 @@ const PARALLEL_MIN: usize = 4 << 20;
 const CHUNK_MIN: usize = 1 << 20;
 
 /// A validated header and the file geometry it implies.
+///
+/// The header given is one without checksum fields; the frame writes it with them added
+/// ([`checksum::with_slots`]) and fills them once the leaves' checksums are known.
 #[derive(Debug)]
 pub struct Frame<'h> {
-    header_bytes: &'h [u8],
+    /// The header as written: the one given, plus the checksum entries.
+    header_bytes: Vec<u8>,
     header: Header<'h>,
     data_start: u64,
     total_len: u64,
@@ -28,11 +33,22 @@ pub struct Frame<'h> {
 impl<'h> Frame<'h> {
     /// Decodes and validates `header_bytes` and computes where the data goes.
     pub fn new(header_bytes: &'h [u8]) -> Result<Frame<'h>> {
+        if header_bytes.len() as u64 > MAX_HEADER_LEN {
+            return Err(Error::HeaderTooLong {
+                header_len: header_bytes.len() as u64,
+            });
+        }
+        let header = Header::decode_validated(header_bytes)?;
+        if header.checksums.is_some() {
+            return Err(Error::BadChecksumField {
+                reason: "the header to write already has them: the writer adds them".into(),
+            });
+        }
+        let header_bytes = checksum::with_slots(header_bytes, header.leaves.len())?;
         let header_len = header_bytes.len() as u64;
         if header_len > MAX_HEADER_LEN {
             return Err(Error::HeaderTooLong { header_len });
         }
-        let header = Header::decode_validated(header_bytes)?;
         let data_start = data_start(header_len, header.alignment)?;
         let total_len =
             data_start
@@ -63,13 +79,21 @@ impl<'h> Frame<'h> {
         self.total_len
     }
 
-    /// Prefix, header and zero padding: the first `D` bytes of the file.
-    pub fn prefix(&self) -> Vec<u8> {
+    /// Prefix, sealed header and zero padding: the first `D` bytes of the file, given the CRC32C
+    /// of every leaf's bytes in record order (0 for abstract leaves).
+    pub fn front(&self, leaf_crcs: &[u32]) -> Result<Vec<u8>> {
+        if leaf_crcs.len() != self.header.leaves.len() {
+            return Err(Error::LeafCount {
+                expected: self.header.leaves.len(),
+                actual: leaf_crcs.len(),
+            });
+        }
         let mut out = Vec::with_capacity(self.data_start as usize);
         out.extend_from_slice(&encode_prefix(self.header_bytes.len() as u64));
-        out.extend_from_slice(self.header_bytes);
+        out.extend_from_slice(&self.header_bytes);
+        checksum::seal(&mut out, leaf_crcs)?;
         out.resize(self.data_start as usize, 0);
-        out
+        Ok(out)
     }
 
     /// Writes the whole file into `out` (`out.len()` must be [`Frame::total_len`]).
@@ -111,20 +135,20 @@ impl<'h> Frame<'h> {
         let segments = self.segments(leaves)?;
         // total_len == out.len(), so both offsets fit in usize.
         let (front, data) = out.split_at_mut(self.data_start as usize);
-        let (prefix, rest) = front.split_at_mut(PREFIX_LEN);
-        let (header, padding) = rest.split_at_mut(self.header_bytes.len());
-        put(prefix, &encode_prefix(self.header_bytes.len() as u64));
-        put(header, self.header_bytes);
-        padding.fill(MaybeUninit::new(0));
         if fresh && data.len() >= PARALLEL_MIN {
             advise_huge_pages(data);
         }
-        write_data(&segments, data);
+        let sums = write_data(&segments, data, true);
+        let mut leaf_crcs = vec![0u32; leaves.len()];
+        for (segment, crc) in segments.iter().zip(sums) {
+            leaf_crcs[segment.leaf] = crc;
+        }
+        put(front, &self.front(&leaf_crcs)?);
         Ok(())
     }
 
-    /// Checks the leaf buffers against the header; returns `(offset, bytes)` sorted by offset.
-    fn segments<'l>(&self, leaves: &[Option<&'l [u8]>]) -> Result<Vec<(usize, &'l [u8])>> {
+    /// Checks the leaf buffers against the header; returns the non-empty ones sorted by offset.
+    fn segments<'l>(&self, leaves: &[Option<&'l [u8]>]) -> Result<Vec<Segment<'l>>> {
         let specs = &self.header.leaves;
         if leaves.len() != specs.len() {
             return Err(Error::LeafCount {
@@ -160,16 +184,28 @@ impl<'h> Frame<'h> {
                     if !b.is_empty() {
                         // The range lies inside the data section, and the output buffer (whose
                         // length was checked first) holds it, so `start` fits in usize.
-                        segments.push((start as usize, *b));
+                        segments.push(Segment {
+                            at: start as usize,
+                            bytes: b,
+                            leaf: i,
+                        });
                     }
                 }
             }
         }
-        if !segments.is_sorted_by_key(|s| s.0) {
-            segments.sort_unstable_by_key(|s| s.0);
+        if !segments.is_sorted_by_key(|s| s.at) {
+            segments.sort_unstable_by_key(|s| s.at);
         }
         Ok(segments)
     }
+}
+
+/// Bytes to be written at offset `at` of a range; `leaf` says whose they are.
+#[derive(Debug, Clone, Copy)]
+struct Segment<'l> {
+    at: usize,
+    bytes: &'l [u8],
+    leaf: usize,
 }
 
 /// Copies `src` into the fresh, uninitialised `dst` (same length) with the writer's parallel copy.
@@ -184,7 +220,12 @@ pub fn parallel_copy(src: &[u8], dst: &mut [MaybeUninit<u8>]) -> Result<()> {
         });
     }
     advise_huge_pages(dst);
-    write_data(&[(0, src)], dst);
+    let whole = Segment {
+        at: 0,
+        bytes: src,
+        leaf: 0,
+    };
+    write_data(&[whole], dst, false);
     Ok(())
 }
 
@@ -206,8 +247,9 @@ fn advise_huge_pages(buf: &mut [MaybeUninit<u8>]) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_buf: &mut [MaybeUninit<u8>]) {}
 
-/// Fills the data section: leaf bytes where `segments` say, zeros everywhere else.
-fn write_data(segments: &[(usize, &[u8])], data: &mut [MaybeUninit<u8>]) {
+/// Fills the data section: leaf bytes where `segments` say, zeros everywhere else. With `sum`,
+/// returns the CRC32C of each segment (in order), computed while copying it.
+fn write_data(segments: &[Segment<'_>], data: &mut [MaybeUninit<u8>], sum: bool) -> Vec<u32> {
     let threads = if data.len() < PARALLEL_MIN {
         1
     } else {
@@ -215,33 +257,74 @@ fn write_data(segments: &[(usize, &[u8])], data: &mut [MaybeUninit<u8>]) {
         cores.min(data.len() / CHUNK_MIN).max(1)
     };
     let chunk = data.len().div_ceil(threads).max(1);
-    thread::scope(|s| {
+    let pieces: Vec<Vec<Piece>> = thread::scope(|s| {
         let mut chunks = data.chunks_mut(chunk).enumerate();
         let first = chunks.next();
-        for (k, dst) in chunks {
-            s.spawn(move || fill(segments, k * chunk, dst));
+        let handles: Vec<_> = chunks
+            .map(|(k, dst)| s.spawn(move || fill(segments, k * chunk, dst, sum)))
+            .collect();
+        let mut all = vec![first.map_or_else(Vec::new, |(_, dst)| fill(segments, 0, dst, sum))];
+        for h in handles {
+            // A panic in a copy thread is a bug of this crate, never of the data: pass it on.
+            all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         }
-        if let Some((_, dst)) = first {
-            fill(segments, 0, dst);
-        }
+        all
     });
+    let mut sums = vec![0u32; if sum { segments.len() } else { 0 }];
+    // Chunks cover increasing ranges, so each segment's pieces come in order.
+    for p in pieces.into_iter().flatten() {
+        sums[p.segment] = if p.first {
+            p.crc
+        } else {
+            checksum::combine(sums[p.segment], p.crc, p.len as u64)
+        };
+    }
+    sums
 }
 
-/// Writes the bytes of data-section range `[base, base + dst.len())` into `dst`.
-fn fill(segments: &[(usize, &[u8])], base: usize, dst: &mut [MaybeUninit<u8>]) {
+/// The part of a segment one chunk copied, and its CRC32C.
+struct Piece {
+    segment: usize,
+    first: bool,
+    crc: u32,
+    len: usize,
+}
+
+/// Writes the bytes of data-section range `[base, base + dst.len())` into `dst`; with `sum`,
+/// returns the CRC32C of each piece of a segment it copied.
+fn fill(
+    segments: &[Segment<'_>],
+    base: usize,
+    dst: &mut [MaybeUninit<u8>],
+    sum: bool,
+) -> Vec<Piece> {
     let end = base + dst.len();
+    let mut pieces = Vec::new();
     // First segment that ends after `base`.
-    let mut next = segments.partition_point(|(o, b)| o + b.len() <= base);
+    let mut next = segments.partition_point(|s| s.at + s.bytes.len() <= base);
     let mut pos = base;
     while pos < end {
         match segments.get(next) {
-            Some(&(o, b)) if o < end => {
+            Some(&Segment {
+                at: o, bytes: b, ..
+            }) if o < end => {
                 if o > pos {
                     dst[pos - base..o - base].fill(MaybeUninit::new(0));
                     pos = o;
                 }
                 let stop = (o + b.len()).min(end);
-                copy(&mut dst[pos - base..stop - base], &b[pos - o..stop - o]);
+                let (to, from) = (&mut dst[pos - base..stop - base], &b[pos - o..stop - o]);
+                if sum {
+                    let crc = copy_summing(to, from);
+                    pieces.push(Piece {
+                        segment: next,
+                        first: pos == o,
+                        crc,
+                        len: stop - pos,
+                    });
+                } else {
+                    copy(to, from);
+                }
                 pos = stop;
                 next += 1;
             }
@@ -251,6 +334,27 @@ fn fill(segments: &[(usize, &[u8])], base: usize, dst: &mut [MaybeUninit<u8>]) {
             }
         }
     }
+    pieces
+}
+
+/// Bytes summed, then copied, at a time: small enough that the copy reads them from the cache.
+const SUM_STEP: usize = 128 << 10;
+
+/// [`copy`], returning the CRC32C of `src`: each step is summed, then copied while still cached.
+fn copy_summing(dst: &mut [MaybeUninit<u8>], src: &[u8]) -> u32 {
+    if src.len() < SUM_STEP {
+        put(dst, src);
+        return checksum::crc32c(src);
+    }
+    let mut crc = 0;
+    for (d, s) in dst.chunks_mut(SUM_STEP).zip(src.chunks(SUM_STEP)) {
+        crc = checksum::append(crc, s);
+        #[cfg(target_arch = "x86_64")]
+        stream_copy(d, s);
+        #[cfg(not(target_arch = "x86_64"))]
+        put(d, s);
+    }
+    crc
 }
 
 /// Copies `src` into `dst` (same length).
@@ -307,11 +411,11 @@ fn stream_copy(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
 }
 
 /// Writes the data-section bytes `[base, base + out.len())` into `out`: each `(offset, bytes)`
-/// segment at `offset - base`, zeros between and around them.
+/// segment at `offset - base`, zeros between and around them. Returns each segment's CRC32C.
 ///
 /// For writers that stream the data section in pieces (many small leaves gathered into one write).
 /// Segments must be sorted by offset, must not overlap, and must lie inside the range.
-pub fn write_range(segments: &[(u64, &[u8])], base: u64, out: &mut [u8]) -> Result<()> {
+pub fn write_range(segments: &[(u64, &[u8])], base: u64, out: &mut [u8]) -> Result<Vec<u32>> {
     let end = base
         .checked_add(out.len() as u64)
         .ok_or_else(|| Error::SizeOverflow {
@@ -331,24 +435,27 @@ pub fn write_range(segments: &[(u64, &[u8])], base: u64, out: &mut [u8]) -> Resu
         previous_end = stop;
         if !bytes.is_empty() {
             // Inside [base, end), whose length is out.len(): the difference fits in usize.
-            local.push(((offset - base) as usize, bytes));
+            local.push(Segment {
+                at: (offset - base) as usize,
+                bytes,
+                leaf: index,
+            });
         }
     }
     // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and `write_data` only ever
     // stores initialised bytes, so `out` stays fully initialised.
     let out = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
-    write_data(&local, out);
-    Ok(())
+    let sums = write_data(&local, out, true);
+    let mut crcs = vec![0u32; segments.len()];
+    for (segment, crc) in local.iter().zip(sums) {
+        crcs[segment.leaf] = crc;
+    }
+    Ok(crcs)
 }
 
 /// `D + data_nbytes` for an encoded header (validating it).
 pub fn total_len(header_bytes: &[u8]) -> Result<u64> {
     Ok(Frame::new(header_bytes)?.total_len())
-}
-
-/// Prefix + header + zero padding up to the data section, for streaming writers.
-pub fn frame_prefix(header_bytes: &[u8]) -> Result<Vec<u8>> {
-    Ok(Frame::new(header_bytes)?.prefix())
 }
 
 /// Writes the whole file into `out`, which must be exactly [`total_len`] bytes.
@@ -411,20 +518,34 @@ mod tests {
     /// The fill logic against a simple reference, for many chunkings.
     #[test]
     fn fill_matches_reference() {
-        let a = vec![1u8; 100];
+        let a = [1u8; 100];
         let b = vec![2u8; 7];
         let c = vec![3u8; 64];
-        let segments: Vec<(usize, &[u8])> = vec![(0, &a), (128, &b), (192, &c)];
+        let segments: Vec<Segment> = [(0, &a[..]), (128, &b), (192, &c)]
+            .into_iter()
+            .enumerate()
+            .map(|(leaf, (at, bytes))| Segment { at, bytes, leaf })
+            .collect();
         let n = 300;
         let mut want = vec![0u8; n];
-        for (o, s) in &segments {
-            want[*o..*o + s.len()].copy_from_slice(s);
+        for s in &segments {
+            want[s.at..s.at + s.bytes.len()].copy_from_slice(s.bytes);
         }
         for chunk in [1, 2, 3, 7, 64, 100, 101, 128, 299, 300] {
             let mut out = vec![MaybeUninit::new(0xEEu8); n];
+            let mut sums = [0u32; 3];
             for (k, dst) in out.chunks_mut(chunk).enumerate() {
-                fill(&segments, k * chunk, dst);
+                for p in fill(&segments, k * chunk, dst, true) {
+                    let s = &mut sums[p.segment];
+                    *s = if p.first {
+                        p.crc
+                    } else {
+                        checksum::combine(*s, p.crc, p.len as u64)
+                    };
+                }
             }
+            let whole: Vec<u32> = segments.iter().map(|s| checksum::crc32c(s.bytes)).collect();
+            assert_eq!(sums[..], whole[..], "chunk {chunk}");
             // SAFETY: test buffer, initialised from the start.
             let got: Vec<u8> = out.iter().map(|x| unsafe { x.assume_init() }).collect();
             assert_eq!(got, want, "chunk {chunk}");
@@ -435,7 +556,9 @@ mod tests {
     fn write_range_places_segments_and_zeros_the_rest() {
         let (a, b) = (vec![7u8; 5], vec![9u8; 3]);
         let mut out = vec![0xEEu8; 16];
-        write_range(&[(130, &a), (140, &b), (143, &[])], 128, &mut out).unwrap();
+        let crcs = write_range(&[(130, &a), (140, &b), (143, &[])], 128, &mut out).unwrap();
+        let crc = checksum::crc32c;
+        assert_eq!(crcs, vec![crc(&a), crc(&b), 0]);
         let mut want = vec![0u8; 16];
         want[2..7].fill(7);
         want[12..15].fill(9);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use eqx_msg_core::{dtype, subbyte, LeafKind, MappedFile};
+use eqx_msg_core::{dtype, subbyte, Error, LeafKind, MappedFile};
 use rmpv::Value;
 
 fn golden_files() -> Vec<PathBuf> {
@@ -65,6 +65,13 @@ fn every_golden_file_reads_with_the_core_alone() {
         let (i, abstract_leaf) = r.find("['abstract']").unwrap();
         assert_eq!(abstract_leaf.kind, LeafKind::Abstract);
         assert_eq!(r.leaf_bytes(i), None);
+
+        // Written with checksums since v1_checksums.eqx: every byte verifies; older files have none.
+        if name.ends_with("v1_checksums.eqx") {
+            r.verify().unwrap();
+        } else {
+            assert!(matches!(r.verify(), Err(Error::NoChecksums)), "{name}");
+        }
 
         let metadata = h.metadata.as_ref().unwrap().decode().unwrap();
         let step = metadata

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use eqx_msg_core::{
-    assemble, assemble_into, frame_prefix, layout, total_len, Error, Frame, LeafKind, MappedFile,
+    assemble, assemble_into, checksum, layout, total_len, Error, Frame, LeafKind, MappedFile,
     Reader,
 };
 use rmpv::Value;
@@ -17,19 +17,31 @@ fn assemble_then_read() {
     assert_eq!(file.len() as u64, total_len(&h).unwrap());
 
     let r = Reader::new(&file).unwrap();
-    assert_eq!(&file[r.header_range()], &h[..]);
+    // The header written is the one given, its map extended by the two checksum entries.
+    let written = &file[r.header_range()];
+    assert_eq!(written[1..h.len()], h[1..]);
+    let blob = 4 * r.header().leaves.len();
+    assert_eq!(written.len(), h.len() + 12 + 2 + blob + checksum::SEAL_LEN);
     assert_eq!(r.data_start() % 64, 0);
-    assert_eq!(r.data_start(), (16 + h.len()).div_ceil(64) * 64);
+    assert_eq!(r.data_start(), (16 + written.len()).div_ceil(64) * 64);
+    r.verify().unwrap();
     assert_eq!(r.leaf_bytes(0), leaves[0].as_deref());
     assert_eq!(r.leaf_bytes(1), leaves[1].as_deref());
     assert_eq!(r.leaf_bytes(2), None);
     assert_eq!(r.leaf_bytes(3), None);
     assert_eq!(r.header().leaves[2].kind, LeafKind::Abstract);
     // Padding after the header and between leaves is zero.
-    assert!(file[16 + h.len()..r.data_start()].iter().all(|&b| b == 0));
+    assert!(file[16 + written.len()..r.data_start()]
+        .iter()
+        .all(|&b| b == 0));
     assert!(r.data()[12..64].iter().all(|&b| b == 0));
-    // The streaming prefix is the front of the file.
-    assert_eq!(frame_prefix(&h).unwrap(), &file[..r.data_start()]);
+    // A streaming writer's front, sealed with the leaves' checksums, is the front of the file.
+    let crcs: Vec<u32> = leaves
+        .iter()
+        .map(|l| l.as_deref().map_or(0, checksum::crc32c))
+        .collect();
+    let front = Frame::new(&h).unwrap().front(&crcs).unwrap();
+    assert_eq!(front, &file[..r.data_start()]);
 }
 
 #[test]
@@ -128,7 +140,8 @@ fn parallel_copy_matches_reference() {
     let file = assemble(&h, &leaves).unwrap();
     let frame = Frame::new(&h).unwrap();
     let d = frame.data_start() as usize;
-    let mut want = frame.prefix();
+    let crcs: Vec<u32> = order.iter().map(|&i| checksum::crc32c(&bufs[i])).collect();
+    let mut want = frame.front(&crcs).unwrap();
     want.resize(d + data_nbytes as usize, 0);
     for (i, b) in bufs.iter().enumerate() {
         let o = d + offsets[i] as usize;

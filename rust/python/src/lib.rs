@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
-use eqx_msg_core::{self as eqx, dtype, subbyte, Error, Frame, LeafSpec};
+use eqx_msg_core::{self as eqx, checksum, dtype, subbyte, Error, ErrorKind, Frame, LeafSpec};
 use std::os::raw::{c_int, c_void};
 
 use numpy::npyffi::{
@@ -19,9 +19,10 @@ use numpy::{
     PyArray1, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyIndexError, PyMemoryError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyMemoryError, PyOverflowError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict};
 
 /// Rust's allocations (decoded headers: a few per leaf record) go to mimalloc: glibc's heap, once
@@ -29,24 +30,59 @@ use pyo3::types::{PyBytes, PyDict};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Raises `eqx_msg._errors.<kind>(message)` (a `ValueError` naming the kind if that fails).
-fn raise(kind: &str, message: String) -> PyErr {
+/// The exception class of each [`ErrorKind`] (in [`ErrorKind::ALL`] order), looked up once when
+/// the module is imported: a class missing from `eqx_msg._errors` fails the import.
+static CLASSES: PyOnceLock<Vec<Py<PyAny>>> = PyOnceLock::new();
+
+fn error_classes(py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+    let errors = PyModule::import(py, "eqx_msg._errors")?;
+    ErrorKind::ALL
+        .iter()
+        .map(|kind| match kind {
+            ErrorKind::Memory => Ok(py.get_type::<PyMemoryError>().into_any().unbind()),
+            _ => Ok(errors.getattr(kind.class_name())?.unbind()),
+        })
+        .collect()
+}
+
+/// Raises the exception class of `kind` with `message`.
+fn raise(kind: ErrorKind, message: String) -> PyErr {
+    raise_with(kind, message, |_| Ok(()))
+}
+
+/// Like [`raise`], then lets `fill` set attributes on the exception.
+fn raise_with(
+    kind: ErrorKind,
+    message: String,
+    fill: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<()>,
+) -> PyErr {
     Python::attach(|py| {
-        let made = PyModule::import(py, "eqx_msg._errors")
-            .and_then(|m| m.getattr(kind))
-            .and_then(|cls| cls.call1((message.as_str(),)));
+        let classes = CLASSES.get_or_try_init(py, || error_classes(py));
+        let made = classes.and_then(|c| {
+            let exc = c[kind as usize].bind(py).call1((message.as_str(),))?;
+            fill(&exc)?;
+            Ok(exc)
+        });
         match made {
             Ok(exc) => PyErr::from_value(exc),
-            Err(_) => PyValueError::new_err(format!("{kind}: {message}")),
+            Err(e) => e,
         }
     })
 }
 
-/// The Python exception for an `eqx_msg_core` error.
+/// The Python exception for an `eqx_msg_core` error. A `ChecksumError` for damaged leaves carries
+/// their key paths as `paths`, one for a damaged header `header=True`.
 fn py_err(e: Error) -> PyErr {
+    let message = e.to_string();
     match e {
-        Error::AllocFailed { .. } => PyMemoryError::new_err(e.to_string()),
-        _ => raise(e.kind(), e.to_string()),
+        Error::LeafChecksums { leaves } => raise_with(ErrorKind::Checksum, message, |exc| {
+            let paths: Vec<&str> = leaves.iter().map(|l| l.path.as_str()).collect();
+            exc.setattr("paths", paths)
+        }),
+        Error::HeaderChecksum { .. } => raise_with(ErrorKind::Checksum, message, |exc| {
+            exc.setattr("header", true)
+        }),
+        _ => raise(e.kind(), message),
     }
 }
 
@@ -54,7 +90,7 @@ fn py_err(e: Error) -> PyErr {
 fn u8_slice<'a>(arr: &'a PyReadonlyArray1<'_, u8>, what: &str) -> PyResult<&'a [u8]> {
     arr.as_slice().map_err(|_| {
         raise(
-            "LayoutError",
+            ErrorKind::Layout,
             format!("{what} must be a C-contiguous 1-D uint8 array"),
         )
     })
@@ -64,20 +100,20 @@ fn u8_slice<'a>(arr: &'a PyReadonlyArray1<'_, u8>, what: &str) -> PyResult<&'a [
 fn leaf_slice<'a>(arr: &'a Bound<'_, PyUntypedArray>, i: usize) -> PyResult<&'a [u8]> {
     if !arr.is_c_contiguous() {
         return Err(raise(
-            "LayoutError",
+            ErrorKind::Layout,
             format!("leaf {i}: array is not C-contiguous (use numpy.ascontiguousarray)"),
         ));
     }
     let descr = arr.dtype();
     if descr.has_object() {
         return Err(raise(
-            "DTypeError",
+            ErrorKind::DType,
             format!("leaf {i}: arrays holding Python objects cannot be stored"),
         ));
     }
     if descr.byteorder() == b'>' {
         return Err(raise(
-            "DTypeError",
+            ErrorKind::DType,
             format!("leaf {i}: big-endian array; the format stores little-endian data"),
         ));
     }
@@ -85,7 +121,7 @@ fn leaf_slice<'a>(arr: &'a Bound<'_, PyUntypedArray>, i: usize) -> PyResult<&'a 
         .shape()
         .iter()
         .try_fold(descr.itemsize(), |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| raise("LayoutError", format!("leaf {i}: array size overflows")))?;
+        .ok_or_else(|| raise(ErrorKind::Layout, format!("leaf {i}: array size overflows")))?;
     if nbytes == 0 {
         return Ok(&[]);
     }
@@ -182,6 +218,9 @@ struct FileHeader {
     /// File offset of the data section.
     #[pyo3(get)]
     data_start: usize,
+    /// Whether the file has checksums (FORMAT.md section 9).
+    #[pyo3(get)]
+    has_checksums: bool,
 }
 
 #[pymethods]
@@ -199,6 +238,8 @@ impl FileHeader {
                 .min(bytes.len() as u64) as usize; // <= bytes.len()
             let copy = bytes[..end].to_vec();
             let head = eqx::parse_head(&copy, bytes.len() as u64)?;
+            head.check_padding(bytes)?;
+            let has_checksums = head.header.checksums.is_some();
             let (header_len, data_start, header) = (head.header_len, head.data_start, head.header);
             let (which, first_of_type) = leaf_types(&header.leaves);
             let (tree, leaves) = (header.tree.as_bytes().to_vec(), header.leaves);
@@ -211,9 +252,20 @@ impl FileHeader {
                 file_len: bytes.len(),
                 header_len,
                 data_start,
+                has_checksums,
             })
         })
         .map_err(py_err)
+    }
+
+    /// Checks every byte of the file `buf` against the checksums (all cores, GIL released).
+    ///
+    /// `ChecksumError` naming every damaged leaf (its `paths`), a nonzero padding byte, or a file
+    /// without checksums; any other format error if `buf` is no longer the file that was opened.
+    fn verify(&self, py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<()> {
+        let bytes = u8_slice(&buf, "the file buffer")?;
+        py.detach(|| eqx::Reader::new(bytes)?.verify())
+            .map_err(py_err)
     }
 
     /// The msgpack header as it was checked at open: a copy, so later decodes see what was checked.
@@ -278,7 +330,7 @@ impl FileHeader {
         let bytes = u8_slice(&buf, "the file buffer")?;
         if bytes.len() != self.file_len {
             return Err(raise(
-                "LayoutError",
+                ErrorKind::Layout,
                 format!(
                     "the buffer holds {} bytes, the file {}",
                     bytes.len(),
@@ -302,7 +354,12 @@ impl FileHeader {
                 .ok()
                 .zip(usize::try_from(end).ok())
                 .and_then(|(s, e)| data.get(s..e))
-                .ok_or_else(|| raise("LayoutError", format!("leaf {i}: bytes outside the file")))?;
+                .ok_or_else(|| {
+                    raise(
+                        ErrorKind::Layout,
+                        format!("leaf {i}: bytes outside the file"),
+                    )
+                })?;
             let t = self.which[i];
             // numpy refuses a shape whose nonzero dimensions times the item size pass isize,
             // even with no elements (a zero dimension does not excuse the others); say so here,
@@ -316,7 +373,7 @@ impl FileHeader {
                 .is_some_and(|size| size <= isize::MAX as u64);
             if !fits_numpy {
                 return Err(raise(
-                    "LimitError",
+                    ErrorKind::Limit,
                     format!(
                         "leaf {i}: shape {:?} is too large for a numpy array on this platform",
                         leaf.shape
@@ -354,7 +411,7 @@ impl FileHeader {
     fn check_dtypes(&self, dtypes: &[Bound<'_, PyArrayDescr>]) -> PyResult<Vec<Option<u32>>> {
         if dtypes.len() != self.first_of_type.len() {
             return Err(raise(
-                "LayoutError",
+                ErrorKind::Layout,
                 format!(
                     "{} dtypes given for {} leaf types",
                     dtypes.len(),
@@ -382,7 +439,7 @@ impl FileHeader {
                 };
                 if descr.has_object() || !fits {
                     return Err(raise(
-                        "DTypeError",
+                        ErrorKind::DType,
                         format!(
                             "leaf {i}: numpy dtype {} does not fit {} data of shape {:?}",
                             descr, leaf.dtype, leaf.shape
@@ -512,7 +569,7 @@ fn aligned_copy<'py>(
 ) -> PyResult<(Bound<'py, PyArray1<u8>>, usize)> {
     if !alignment.is_power_of_two() || alignment > eqx::MAX_ALIGNMENT as usize {
         return Err(raise(
-            "LayoutError",
+            ErrorKind::Layout,
             format!(
                 "alignment {alignment} is not a power of two up to {}",
                 eqx::MAX_ALIGNMENT
@@ -550,11 +607,130 @@ fn total_len(py: Python<'_>, header: &[u8]) -> PyResult<u64> {
     py.detach(|| eqx::total_len(header)).map_err(py_err)
 }
 
-/// Prefix, header and zero padding up to the data section.
+/// The frame of a file to be streamed: a validated header (checksum entries added) and where the
+/// data goes; its front (prefix, sealed header, padding) is made once the leaves' CRCs are known.
+#[pyclass(frozen, module = "eqx_msg._core")]
+struct FileFrame {
+    /// The encoded header given (without checksum entries).
+    header: Vec<u8>,
+    /// Number of leaf records.
+    #[pyo3(get)]
+    leaf_count: usize,
+    /// File offset of the data section.
+    #[pyo3(get)]
+    data_start: u64,
+    /// Length of the whole file.
+    #[pyo3(get)]
+    total_len: u64,
+}
+
+#[pymethods]
+impl FileFrame {
+    /// Validates an encoded header (one without checksum entries).
+    #[new]
+    fn new(py: Python<'_>, header: Vec<u8>) -> PyResult<Self> {
+        let (leaf_count, data_start, total_len) = py
+            .detach(|| {
+                let frame = Frame::new(&header)?;
+                let n = frame.header().leaves.len();
+                Ok((n, frame.data_start(), frame.total_len()))
+            })
+            .map_err(py_err)?;
+        Ok(FileFrame {
+            header,
+            leaf_count,
+            data_start,
+            total_len,
+        })
+    }
+
+    /// Prefix, sealed header and zero padding (the file's first `data_start` bytes), given the
+    /// CRC32C of every leaf's bytes in record order (0 for abstract leaves).
+    fn front<'py>(&self, py: Python<'py>, leaf_crcs: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        let front = py
+            .detach(|| Frame::new(&self.header)?.front(&leaf_crcs))
+            .map_err(py_err)?;
+        Ok(PyBytes::new(py, &front))
+    }
+}
+
+/// The CRC32C of `data`'s bytes (any C-contiguous array), continuing from `crc` (GIL released).
 #[pyfunction]
-fn frame_prefix<'py>(py: Python<'py>, header: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    let prefix = py.detach(|| eqx::frame_prefix(header)).map_err(py_err)?;
-    Ok(PyBytes::new(py, &prefix))
+#[pyo3(signature = (data, crc=0))]
+fn crc32c(py: Python<'_>, data: Bound<'_, PyUntypedArray>, crc: u32) -> PyResult<u32> {
+    let bytes = leaf_slice(&data, 0)?;
+    Ok(py.detach(|| checksum::append(crc, bytes)))
+}
+
+/// The CRC32C of `a ++ b`, given the CRC32C of each and the length of `b`.
+#[pyfunction]
+fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    checksum::combine(crc_a, crc_b, len_b)
+}
+
+/// The open file `fd` as a `File` that is never closed here: Python owns the descriptor.
+#[cfg(unix)]
+fn borrowed_file(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller passes a descriptor it keeps open for the whole call; ManuallyDrop
+    // keeps the File from closing it, so ownership never really moves.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Writes `data`'s bytes at file offset `offset` of the open file `fd` (positional writes, by
+/// several threads, GIL released); returns their CRC32C. `OSError` as the write reports it.
+#[cfg(unix)]
+#[pyfunction]
+fn write_leaf(
+    py: Python<'_>,
+    fd: i32,
+    offset: u64,
+    data: Bound<'_, PyUntypedArray>,
+) -> PyResult<u32> {
+    let bytes = leaf_slice(&data, 0)?;
+    let file = borrowed_file(fd);
+    Ok(py.detach(|| eqx::positional::write_at(&file, offset, bytes))?)
+}
+
+/// Writes the data-section range `[base, base + length)`, each of `leaves` at its `offsets`
+/// entry and zeros between, at file offset `file_offset` of `fd` in one positional write;
+/// returns each leaf's CRC32C.
+#[cfg(unix)]
+#[pyfunction]
+fn write_gathered<'py>(
+    py: Python<'py>,
+    fd: i32,
+    file_offset: u64,
+    base: u64,
+    length: usize,
+    offsets: Vec<u64>,
+    leaves: Vec<Bound<'py, PyUntypedArray>>,
+) -> PyResult<Vec<u32>> {
+    let segments = segments(&offsets, &leaves)?;
+    let file = borrowed_file(fd);
+    let written = py
+        .detach(|| eqx::positional::write_gathered(&file, file_offset, &segments, base, length))
+        .map_err(py_err)?;
+    Ok(written?)
+}
+
+/// `(offset, bytes)` of each leaf, for the range writers.
+fn segments<'a>(
+    offsets: &[u64],
+    leaves: &'a [Bound<'_, PyUntypedArray>],
+) -> PyResult<Vec<(u64, &'a [u8])>> {
+    if offsets.len() != leaves.len() {
+        return Err(raise(
+            ErrorKind::Layout,
+            format!("{} offsets for {} leaves", offsets.len(), leaves.len()),
+        ));
+    }
+    offsets
+        .iter()
+        .zip(leaves)
+        .enumerate()
+        .map(|(k, (&offset, leaf))| Ok((offset, leaf_slice(leaf, k)?)))
+        .collect()
 }
 
 /// The whole file, assembled in one allocation with the GIL released.
@@ -595,7 +771,7 @@ fn assemble_into<'py>(
         .filter(|&len| len <= out.len())
         .ok_or_else(|| {
             raise(
-                "LengthError",
+                ErrorKind::Length,
                 format!(
                     "the file takes {} bytes, the buffer holds only {}",
                     frame.total_len(),
@@ -605,7 +781,7 @@ fn assemble_into<'py>(
         })?;
     let mut target = out.try_readwrite().map_err(|_| {
         raise(
-            "LayoutError",
+            ErrorKind::Layout,
             "the output buffer is read-only or already in use".into(),
         )
     })?;
@@ -617,7 +793,7 @@ fn assemble_into<'py>(
             let leaf = s.as_ptr() as usize;
             if leaf < end && start < leaf + s.len() {
                 return Err(raise(
-                    "LayoutError",
+                    ErrorKind::Layout,
                     format!("leaf {i} lies inside the output buffer; dump it elsewhere"),
                 ));
             }
@@ -625,7 +801,7 @@ fn assemble_into<'py>(
     }
     let dst = target.as_slice_mut().map_err(|_| {
         raise(
-            "LayoutError",
+            ErrorKind::Layout,
             "the output buffer must be C-contiguous".into(),
         )
     })?;
@@ -636,7 +812,8 @@ fn assemble_into<'py>(
     Ok(len)
 }
 
-/// Data-section bytes `[base, base + length)`: leaf `k`'s bytes at `offsets[k]`, zeros elsewhere.
+/// Data-section bytes `[base, base + length)`: leaf `k`'s bytes at `offsets[k]`, zeros elsewhere;
+/// and each leaf's CRC32C.
 ///
 /// Offsets must be increasing and the leaves must not overlap or leave the range (`LayoutError`).
 #[pyfunction]
@@ -646,23 +823,16 @@ fn write_range<'py>(
     length: usize,
     offsets: Vec<u64>,
     leaves: Vec<Bound<'py, PyUntypedArray>>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    if offsets.len() != leaves.len() {
-        return Err(raise(
-            "LayoutError",
-            format!("{} offsets for {} leaves", offsets.len(), leaves.len()),
-        ));
-    }
-    let segments = offsets
-        .iter()
-        .zip(&leaves)
-        .enumerate()
-        .map(|(k, (&offset, leaf))| Ok((offset, leaf_slice(leaf, k)?)))
-        .collect::<PyResult<Vec<_>>>()?;
-    PyBytes::new_with(py, length, |out| {
-        py.detach(|| eqx::write_range(&segments, base, out))
-            .map_err(py_err)
-    })
+) -> PyResult<(Bound<'py, PyBytes>, Vec<u32>)> {
+    let segments = segments(&offsets, &leaves)?;
+    let mut crcs = Vec::new();
+    let block = PyBytes::new_with(py, length, |out| {
+        crcs = py
+            .detach(|| eqx::write_range(&segments, base, out))
+            .map_err(py_err)?;
+        Ok(())
+    })?;
+    Ok((block, crcs))
 }
 
 /// Packs one-byte-per-element 4- or 2-bit values, `8 / bits` to a byte.
@@ -698,6 +868,7 @@ fn unpack_subbyte<'py>(
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    CLASSES.get_or_try_init(py, || error_classes(py))?;
     m.add("MAGIC", PyBytes::new(py, eqx::MAGIC))?;
     m.add("VERSION", eqx::VERSION)?;
     m.add("PREFIX_LEN", eqx::PREFIX_LEN)?;
@@ -714,7 +885,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FileHeader>()?;
     m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
     m.add_function(wrap_pyfunction!(total_len, m)?)?;
-    m.add_function(wrap_pyfunction!(frame_prefix, m)?)?;
+    m.add_class::<FileFrame>()?;
+    m.add_function(wrap_pyfunction!(crc32c, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32c_combine, m)?)?;
+    #[cfg(unix)]
+    m.add_function(wrap_pyfunction!(write_leaf, m)?)?;
+    #[cfg(unix)]
+    m.add_function(wrap_pyfunction!(write_gathered, m)?)?;
     m.add_function(wrap_pyfunction!(assemble, m)?)?;
     m.add_function(wrap_pyfunction!(assemble_into, m)?)?;
     m.add_function(wrap_pyfunction!(write_range, m)?)?;

@@ -1,0 +1,135 @@
+//! Checksums (FORMAT.md section 9): every single flipped bit of a written file is found, damaged
+//! leaves are named, and files without checksums still read.
+
+mod common;
+
+use common::*;
+use eqx_msg_core::{assemble, checksum, Error, ErrorKind, Reader};
+
+/// A small file of the current writer: three leaves, one abstract.
+fn file() -> Vec<u8> {
+    assemble(&enc(&good_header()), &as_refs(&good_leaves())).unwrap()
+}
+
+/// Opening and verifying, as one verdict.
+fn check(bytes: &[u8]) -> Result<(), Error> {
+    Reader::new(bytes)?.verify()
+}
+
+#[test]
+fn a_written_file_verifies() {
+    check(&file()).unwrap();
+}
+
+#[test]
+fn every_single_flipped_bit_is_found() {
+    let good = file();
+    let header_end = Reader::new(&good).unwrap().header_range().end;
+    for byte in 0..good.len() {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[byte] ^= 1 << bit;
+            let err = check(&bad).expect_err(&format!("byte {byte} bit {bit} went unnoticed"));
+            // In the header or after it, damage is a checksum error (before it, in the prefix,
+            // the magic, version or length is wrong first).
+            if byte >= 16 && byte < header_end - checksum::SEAL_LEN {
+                assert_eq!(
+                    err.kind(),
+                    ErrorKind::Checksum,
+                    "byte {byte} bit {bit}: {err}"
+                );
+            }
+            if byte >= header_end {
+                assert_eq!(
+                    err.kind(),
+                    ErrorKind::Checksum,
+                    "byte {byte} bit {bit}: {err}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn verify_names_every_damaged_leaf() {
+    let mut bad = file();
+    let r = Reader::new(&bad).unwrap();
+    let d = r.data_start();
+    let starts: Vec<usize> = (0..2)
+        .map(|i| d + r.header().leaves[i].offset.unwrap() as usize)
+        .collect();
+    drop(r);
+    for s in starts {
+        bad[s] ^= 0x80;
+    }
+    let err = check(&bad).unwrap_err();
+    match &err {
+        Error::LeafChecksums { leaves } => {
+            let paths: Vec<&str> = leaves.iter().map(|l| l.path.as_str()).collect();
+            assert_eq!(paths.len(), 2, "{err}");
+        }
+        other => panic!("expected LeafChecksums, got {other}"),
+    }
+    assert!(err.to_string().contains("2 leaves"), "{err}");
+}
+
+#[test]
+fn files_without_checksums_read_but_do_not_verify() {
+    let new = file();
+    let data = Reader::new(&new).unwrap().data().to_vec();
+    let old = raw_file(&enc(&good_header()), 64, &data);
+    let r = Reader::new(&old).unwrap();
+    assert!(r.header().checksums.is_none());
+    assert!(matches!(r.verify(), Err(Error::NoChecksums)));
+}
+
+#[test]
+fn nonzero_header_padding_is_refused_at_open() {
+    let mut bad = file();
+    let r = Reader::new(&bad).unwrap();
+    let (end, d) = (r.header_range().end, r.data_start());
+    drop(r);
+    assert!(d > end, "the test file needs header padding");
+    bad[d - 1] = 1;
+    let err = Reader::new(&bad).unwrap_err();
+    assert!(
+        matches!(err, Error::NonzeroPadding { offset, .. } if offset == d as u64 - 1),
+        "{err}"
+    );
+}
+
+#[test]
+fn checksum_fields_must_be_whole_and_last() {
+    // leaf_crc32c without header_crc32c, a blob of the wrong length, and header_crc32c not last.
+    let n = 3;
+    let cases = [
+        with_root(
+            good_header(),
+            "leaf_crc32c",
+            rmpv::Value::Binary(vec![0; 4 * n]),
+        ),
+        with_root(
+            with_root(
+                good_header(),
+                "header_crc32c",
+                rmpv::Value::from(0xffff_ffffu32),
+            ),
+            "leaf_crc32c",
+            rmpv::Value::Binary(vec![0; 4 * n]),
+        ),
+        with_root(
+            with_root(
+                good_header(),
+                "leaf_crc32c",
+                rmpv::Value::Binary(vec![0; 4]),
+            ),
+            "header_crc32c",
+            rmpv::Value::from(0xffff_ffffu32),
+        ),
+    ];
+    for h in cases {
+        let err = eqx_msg_core::Header::decode(&enc(&h)).unwrap_err();
+        assert!(matches!(err, Error::BadChecksumField { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Header);
+    }
+}
