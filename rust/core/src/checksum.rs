@@ -63,39 +63,12 @@ pub fn crc32c_all(buffers: &[&[u8]]) -> Vec<u32> {
             start = end;
         }
     }
-    let total: usize = buffers.iter().map(|b| b.len()).sum();
-    let threads = thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(total / PIECE)
-        .max(1);
-    let sums = if threads == 1 {
-        items
-            .iter()
-            .map(|&(b, s, e)| crc32c(&buffers[b][s..e]))
-            .collect()
-    } else {
-        let next = AtomicUsize::new(0);
-        let sums = Mutex::new(vec![0u32; items.len()]);
-        thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(b, s, e)) = items.get(k) else {
-                            break;
-                        };
-                        mine.push((k, crc32c(&buffers[b][s..e])));
-                    }
-                    // A panicking worker leaves nothing to poison: take the data either way.
-                    let mut all = sums.lock().unwrap_or_else(|p| p.into_inner());
-                    for (k, sum) in mine {
-                        all[k] = sum;
-                    }
-                });
-            }
-        });
-        sums.into_inner().unwrap_or_else(|p| p.into_inner())
+    let pieces: Vec<&[u8]> = items.iter().map(|&(b, s, e)| &buffers[b][s..e]).collect();
+    let sums = match each_piece(&pieces, PIECE, |_, piece| {
+        Ok::<_, std::convert::Infallible>(crc32c(piece))
+    }) {
+        Ok(sums) => sums,
+        Err(never) => match never {},
     };
     let mut out = vec![0u32; buffers.len()];
     for (&(b, s, e), &sum) in items.iter().zip(&sums) {
@@ -106,6 +79,51 @@ pub fn crc32c_all(buffers: &[&[u8]]) -> Vec<u32> {
         };
     }
     out
+}
+
+/// Runs `f(k, pieces[k])` for every piece, on as many threads as there are cores (at most one per
+/// `per_thread` bytes), each taking the next piece in turn; returns the results in piece order,
+/// or the first error (after which no further piece is started).
+pub(crate) fn each_piece<E: Send>(
+    pieces: &[&[u8]],
+    per_thread: usize,
+    f: impl Fn(usize, &[u8]) -> Result<u32, E> + Sync,
+) -> Result<Vec<u32>, E> {
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let threads = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(total / per_thread.max(1))
+        .max(1);
+    if threads == 1 {
+        return pieces.iter().enumerate().map(|(k, p)| f(k, p)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(vec![0u32; pieces.len()]);
+    let failed: Mutex<Option<E>> = Mutex::new(None);
+    thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(piece) = pieces.get(k) else { break };
+                match f(k, piece) {
+                    // A panicking worker leaves nothing half-done to poison: take the data anyway.
+                    Ok(r) => results.lock().unwrap_or_else(|p| p.into_inner())[k] = r,
+                    Err(e) => {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        next.store(pieces.len(), Ordering::Relaxed); // stop every worker
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(results.into_inner().unwrap_or_else(|p| p.into_inner())),
+    }
 }
 
 /// The checksum `header_crc32c` holds: the CRC32C of every file byte before it (the prefix and

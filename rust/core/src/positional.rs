@@ -6,9 +6,6 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::thread;
 
 use crate::checksum;
 use crate::error::Result;
@@ -22,45 +19,15 @@ const PIECE: usize = 8 << 20;
 /// Large buffers are split into pieces taken by all cores: each sums a piece, then writes it, so
 /// summing one piece overlaps writing another (the kernel may serialise the writes themselves).
 pub fn write_at(file: &File, offset: u64, bytes: &[u8]) -> io::Result<u32> {
-    let threads = thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(bytes.len() / PIECE)
-        .max(1);
-    if threads == 1 {
-        let crc = checksum::crc32c(bytes);
-        write_all_at(file, bytes, offset)?;
-        return Ok(crc);
-    }
     let pieces: Vec<&[u8]> = bytes.chunks(PIECE).collect();
-    let next = AtomicUsize::new(0);
-    let sums = Mutex::new(vec![0u32; pieces.len()]);
-    let failed: Mutex<Option<io::Error>> = Mutex::new(None);
-    thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(piece) = pieces.get(k) else { break };
-                let crc = checksum::crc32c(piece);
-                // Pieces are PIECE bytes apart in `bytes`: k * PIECE < bytes.len() fits.
-                let at = offset + (k * PIECE) as u64;
-                if let Err(e) = write_all_at(file, piece, at) {
-                    failed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
-                    next.store(pieces.len(), Ordering::Relaxed); // stop every worker
-                    break;
-                }
-                sums.lock().unwrap_or_else(|p| p.into_inner())[k] = crc;
-            });
-        }
-    });
-    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    let sums = sums.into_inner().unwrap_or_else(|p| p.into_inner());
-    let mut crc = sums[0];
-    for (piece, &sum) in pieces.iter().zip(&sums).skip(1) {
+    let sums = checksum::each_piece(&pieces, PIECE, |k, piece| {
+        let crc = checksum::crc32c(piece);
+        // Pieces are PIECE bytes apart in `bytes`: k * PIECE < bytes.len() fits.
+        write_all_at(file, piece, offset + (k * PIECE) as u64)?;
+        Ok::<_, io::Error>(crc)
+    })?;
+    let mut crc = 0; // the CRC32C of no bytes
+    for (piece, &sum) in pieces.iter().zip(&sums) {
         crc = checksum::combine(crc, sum, piece.len() as u64);
     }
     Ok(crc)
