@@ -43,7 +43,7 @@ pub use header::{Checksums, Header, LeafKind, LeafSpec};
 pub use msgpack::RawValue;
 pub use reader::{parse_head, Head, MappedFile, Reader};
 pub use rmpv;
-pub use writer::{assemble, assemble_into, parallel_copy, total_len, write_range, Frame};
+pub use writer::{assemble, assemble_into, parallel_copy, total_len, write_range, Frame, Front};
 
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]

@@ -82,18 +82,22 @@ impl<'h> Frame<'h> {
     /// Prefix, sealed header and zero padding: the first `D` bytes of the file, given the CRC32C
     /// of every leaf's bytes in record order (0 for abstract leaves).
     pub fn front(&self, leaf_crcs: &[u32]) -> Result<Vec<u8>> {
-        if leaf_crcs.len() != self.header.leaves.len() {
-            return Err(Error::LeafCount {
-                expected: self.header.leaves.len(),
-                actual: leaf_crcs.len(),
-            });
+        self.unsealed_front().sealed(leaf_crcs)
+    }
+
+    /// The front with its checksum slots still empty, to be sealed once the leaves are written
+    /// (a streaming writer keeps it instead of the frame, which borrows the header bytes).
+    pub fn unsealed_front(&self) -> Front {
+        let mut bytes = Vec::with_capacity(self.data_start as usize);
+        bytes.extend_from_slice(&encode_prefix(self.header_bytes.len() as u64));
+        bytes.extend_from_slice(&self.header_bytes);
+        let header_end = bytes.len();
+        bytes.resize(self.data_start as usize, 0);
+        Front {
+            bytes,
+            header_end,
+            leaf_count: self.header.leaves.len(),
         }
-        let mut out = Vec::with_capacity(self.data_start as usize);
-        out.extend_from_slice(&encode_prefix(self.header_bytes.len() as u64));
-        out.extend_from_slice(&self.header_bytes);
-        checksum::seal(&mut out, leaf_crcs)?;
-        out.resize(self.data_start as usize, 0);
-        Ok(out)
     }
 
     /// Writes the whole file into `out` (`out.len()` must be [`Frame::total_len`]).
@@ -197,6 +201,30 @@ impl<'h> Frame<'h> {
             segments.sort_unstable_by_key(|s| s.at);
         }
         Ok(segments)
+    }
+}
+
+/// The first `D` bytes of a file (prefix, header with empty checksum slots, zero padding).
+#[derive(Debug, Clone)]
+pub struct Front {
+    bytes: Vec<u8>,
+    header_end: usize,
+    leaf_count: usize,
+}
+
+impl Front {
+    /// The front sealed with the CRC32C of every leaf's bytes in record order (0 for abstract
+    /// leaves), one per leaf record.
+    pub fn sealed(&self, leaf_crcs: &[u32]) -> Result<Vec<u8>> {
+        if leaf_crcs.len() != self.leaf_count {
+            return Err(Error::LeafCount {
+                expected: self.leaf_count,
+                actual: leaf_crcs.len(),
+            });
+        }
+        let mut out = self.bytes.clone();
+        checksum::seal(&mut out[..self.header_end], leaf_crcs)?;
+        Ok(out)
     }
 }
 

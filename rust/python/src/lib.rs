@@ -611,8 +611,8 @@ fn total_len(py: Python<'_>, header: &[u8]) -> PyResult<u64> {
 /// data goes; its front (prefix, sealed header, padding) is made once the leaves' CRCs are known.
 #[pyclass(frozen, module = "eqx_msg._core")]
 struct FileFrame {
-    /// The encoded header given (without checksum entries).
-    header: Vec<u8>,
+    /// The front with empty checksum slots, made (and the header validated) once.
+    front: eqx::Front,
     /// Number of leaf records.
     #[pyo3(get)]
     leaf_count: usize,
@@ -628,27 +628,24 @@ struct FileFrame {
 impl FileFrame {
     /// Validates an encoded header (one without checksum entries).
     #[new]
-    fn new(py: Python<'_>, header: Vec<u8>) -> PyResult<Self> {
-        let (leaf_count, data_start, total_len) = py
-            .detach(|| {
-                let frame = Frame::new(&header)?;
-                let n = frame.header().leaves.len();
-                Ok((n, frame.data_start(), frame.total_len()))
+    fn new(py: Python<'_>, header: &[u8]) -> PyResult<Self> {
+        py.detach(|| {
+            let frame = Frame::new(header)?;
+            Ok(FileFrame {
+                front: frame.unsealed_front(),
+                leaf_count: frame.header().leaves.len(),
+                data_start: frame.data_start(),
+                total_len: frame.total_len(),
             })
-            .map_err(py_err)?;
-        Ok(FileFrame {
-            header,
-            leaf_count,
-            data_start,
-            total_len,
         })
+        .map_err(py_err)
     }
 
     /// Prefix, sealed header and zero padding (the file's first `data_start` bytes), given the
     /// CRC32C of every leaf's bytes in record order (0 for abstract leaves).
     fn front<'py>(&self, py: Python<'py>, leaf_crcs: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
         let front = py
-            .detach(|| Frame::new(&self.header)?.front(&leaf_crcs))
+            .detach(|| self.front.sealed(&leaf_crcs))
             .map_err(py_err)?;
         Ok(PyBytes::new(py, &front))
     }
