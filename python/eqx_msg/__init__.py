@@ -14,8 +14,6 @@ eqx_msg.verify("model.eqx")                  # every byte against its checksum
 from typing import Any
 
 from ._codec import (
-    File,
-    as_bytes_array,
     dumps,
     dumps_into,
     dumps_size,
@@ -46,12 +44,11 @@ from ._header import Header, LeafSpec, ShardingSpec
 from ._registry import register
 
 
-def header(data: Any) -> Header:
-    """The validated header of eqx_msg bytes (or a path); imports nothing the file names."""
-    if isinstance(data, str) or hasattr(data, "__fspath__"):
-        with open(data) as reader:
-            return reader.header
-    return File(as_bytes_array(data)).validated
+def header(source: Any) -> Header:
+    """The validated header of a file: anything `eqx_msg.open` takes (bytes, a path, a binary file
+    object, a `read_into` source); reads the prefix and header only, imports nothing it names."""
+    with open(source) as reader:
+        return reader.header
 
 
 __all__ = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -15,8 +16,9 @@ import msgpack
 import numpy as np
 import pydantic
 
-from . import _core, _leaves, _place, _registry, _static, _tree
+from . import _core, _leaves, _place, _registry, _sources, _static, _tree
 from ._errors import (
+    ClosedError,
     HeaderError,
     LayoutError,
     LimitError,
@@ -168,7 +170,8 @@ def gc_paused() -> Iterator[None]:
 
 
 class File:
-    """A validated eqx_msg file in memory: Rust's decoded header, and the Python decode on demand.
+    """A validated eqx_msg file in memory: Rust's decoded header, leaf data, and the Python decode
+    on demand (`RangedFile`: one read by range from a source).
 
     Loading and fetching leaves use what Rust decoded while validating (leaf table, key paths, the
     encoded tree); only `raw` (metadata, shardings, the pydantic model) decodes the whole header in
@@ -178,8 +181,11 @@ class File:
     def __init__(self, buf: np.ndarray):
         """Validate the whole file in `buf` (prefix, header, every byte range; no data is read)."""
         self.buf = buf
-        self.header = _core.FileHeader(buf)
-        self.data_start = self.header.data_start
+        self._start(_core.FileHeader(buf))
+
+    def _start(self, header: _core.FileHeader) -> None:
+        self.header = header
+        self.data_start = header.data_start
         self._raw: dict[str, Any] | None = None
         self._validated: Header | None = None
         self._table: _leaves.Table | None = None
@@ -192,15 +198,26 @@ class File:
             self._table = _leaves.Table(*self.header.leaf_table())
         return self._table
 
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        """The numpy dtype of each of the table's types (first use only)."""
+        if self._dtypes is None:
+            self._dtypes = _leaves.numpy_dtypes(self.table)
+        return self._dtypes
+
     def arrays(self, indices: Sequence[int] | None = None) -> list[np.ndarray | None]:
         """Leaf data (every leaf, or those at `indices`): read-only views into `buf`.
 
         Packed sub-byte dtypes are unpacked into new arrays; abstract leaves give None.
         """
-        if self._dtypes is None:
-            self._dtypes = _leaves.numpy_dtypes(self.table)
-        _leaves.refuse_unreadable(self.table, self._dtypes, indices, self.header.paths)
-        return self.header.arrays(self.buf, self._dtypes, indices)
+        _leaves.refuse_unreadable(self.table, self.dtypes, indices, self.header.paths)
+        return self.header.arrays(self.buf, self.dtypes, indices)
+
+    def rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Rows `start:stop` (first axis) of leaf `index`'s data, which is not abstract."""
+        (whole,) = self.arrays([index])
+        assert whole is not None  # (the caller refuses abstract leaves)
+        return whole[start:stop]
 
     def verify(self) -> None:
         """Check every byte against the file's checksums (Rust, all cores); `ChecksumError` if not."""
@@ -225,6 +242,62 @@ class File:
     def records(self) -> list[dict[str, Any]]:
         """The leaf records, as dicts."""
         return self.raw["leaves"]
+
+
+class RangedFile(File):
+    """A validated eqx_msg file read by range from a source that is not mapped (a file object, an
+    object store): opening it reads the prefix and header only; leaf data is read when asked for.
+    """
+
+    def __init__(self, source: _sources.Source):
+        """Read and validate the prefix and header of `source` (at most two reads)."""
+        self.source: _sources.Source | None = source
+        header, self.head = _sources.read_head(source)  # (the head may hold leaves too)
+        self._start(header)
+
+    def arrays(self, indices: Sequence[int] | None = None) -> list[np.ndarray | None]:
+        """Leaf data (every leaf, or those at `indices`; None for abstract ones) in new read-only
+        64-byte-aligned buffers, reading only those leaves' byte ranges.
+
+        Packed sub-byte dtypes are unpacked into new arrays.
+        """
+        _leaves.refuse_unreadable(self.table, self.dtypes, indices, self.header.paths)
+        wanted = range(len(self.table.which)) if indices is None else indices
+        return _sources.read_arrays(
+            self._source(), self.header, self.head, self.dtypes, list(wanted)
+        )
+
+    def rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Rows `start:stop` (first axis) of leaf `index`'s data, reading only their bytes (all of
+        the leaf for packed sub-byte dtypes, whose rows may share a byte)."""
+        t = self.table.which[index]
+        name, shape, _, _ = self.table.types[t]
+        offset = self.table.offsets[index]
+        if _core.dtype_bits(name) < 8 or offset is None:
+            return super().rows(index, start, stop)
+        _leaves.refuse_unreadable(self.table, self.dtypes, [index], self.header.paths)
+        dtype = self.dtypes[t]
+        row = dtype.itemsize * math.prod(shape[1:])
+        buffer = _sources.read_bytes(
+            self._source(), self.header, offset + start * row, offset + stop * row
+        )
+        rows = buffer.view(dtype).reshape((stop - start, *shape[1:]))
+        rows.flags.writeable = False
+        return rows
+
+    def verify(self) -> None:
+        """Check every byte against the file's checksums, streaming the data section through
+        Rust's verifier in chunks; `ChecksumError` if not."""
+        _sources.verify(self._source(), self.header)
+
+    def close(self) -> None:
+        """Forget the source (the caller's to close)."""
+        self.source = None
+
+    def _source(self) -> _sources.Source:
+        if self.source is None:
+            raise ClosedError("the reader is closed; reopen it with eqx_msg.open")
+        return self.source
 
 
 def decode_tree(encoded: bytes) -> Any:

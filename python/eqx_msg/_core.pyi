@@ -21,6 +21,7 @@ import numpy.typing as npt
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_LEN", "MIN_ALIGNMENT", "MAX_ALIGNMENT", "MAX_HEADER_LEN", "MAX_DEPTH",
     "MAX_NDIM", "__version__", "dtype_names", "dtype_bits", "storage_nbytes", "layout", "FileHeader",
+    "DataVerifier", "header_len",
     "aligned_copy", "total_len", "FileFrame", "crc32c", "crc32c_combine", "write_leaf",
     "write_gathered", "assemble", "assemble_into", "write_range", "pack_subbyte", "unpack_subbyte",
 ]  # fmt: skip
@@ -66,7 +67,23 @@ class FileHeader:
     """File offset of the data section."""
 
     def __new__(cls, buf: npt.NDArray[np.uint8]) -> FileHeader:
-        """Validate a whole file (prefix, header, exact length) and keep its decoded header."""
+        """Validate a whole file (prefix, header, exact length, header padding) and keep its
+        decoded header."""
+
+    @staticmethod
+    def from_head(head: npt.NDArray[np.uint8], file_len: int) -> FileHeader:
+        """Validate the first bytes of a file of `file_len` bytes that is not in memory: `head`
+        holds at least its prefix and header; `check_padding` checks the header padding after."""
+
+    def check_padding(self, head: npt.NDArray[np.uint8]) -> None:
+        """Check that the header padding is zero; `head` holds the first `data_start` bytes."""
+
+    def verifier(self) -> DataVerifier:
+        """A checker of the data section fed in order, chunk by chunk (ChecksumError if the file
+        has no checksums)."""
+
+    def ranges(self, indices: Sequence[int]) -> list[tuple[int, int] | None]:
+        """The data-section byte range `(start, end)` of each leaf in `indices`; None if abstract."""
 
     has_checksums: bool
     """Whether the file has checksums (FORMAT.md section 9)."""
@@ -97,8 +114,12 @@ class FileHeader:
         buf: npt.NDArray[np.uint8],
         dtypes: Sequence[np.dtype],
         indices: Sequence[int] | None = None,
+        offset: int | None = None,
     ) -> list[np.ndarray | None]:
         """Leaf data (every leaf, or those at `indices`; None for abstract leaves) from the file `buf`.
+
+        With `offset`, `buf` holds the data section's bytes from offset `offset` on (a ranged
+        read), and every leaf asked for must lie inside it (else LayoutError).
 
         `dtypes[t]` is the numpy dtype of `leaf_table()`'s type `t`. Each array is a read-only view
         into `buf`, except packed sub-byte dtypes, unpacked into new read-only arrays. `LayoutError`
@@ -151,6 +172,23 @@ def write_gathered(
 ) -> list[int]:  # fmt: skip
     """Write data-section range `[base, base + length)` (each leaf at its offset, zeros between) at
     file offset `file_offset` of `fd` in one positional write; return each leaf's CRC32C."""
+
+@final
+class DataVerifier:
+    """Checks the data section of a file read in chunks against its checksums."""
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the data section still to be fed."""
+
+    def feed(self, chunk: npt.NDArray[np.uint8]) -> None:
+        """Feed the next bytes of the data section; ChecksumError at once on nonzero padding."""
+
+    def finish(self) -> None:
+        """Once every byte has been fed: ChecksumError naming every damaged leaf."""
+
+def header_len(prefix: bytes) -> int:
+    """The header length a 16-byte prefix states (magic and version checked)."""
 
 def total_len(header: bytes) -> int:
     """Length of the whole file an encoded header describes (validating the header)."""

@@ -17,7 +17,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _codec, _core, _leaves, _place, _registry, _tree
+from . import _codec, _core, _leaves, _place, _registry, _sources, _tree
 from ._errors import ClosedError, KeyPathError, LayoutError, LengthError, at
 from ._header import Header
 
@@ -429,7 +429,7 @@ def _fsync_directory(directory: str) -> None:
 
 
 def load(
-    path: PathLike,
+    source: PathLike | Any,
     *,
     like: Any = None,
     allow: Any = (),
@@ -442,7 +442,8 @@ def load(
     """Load a pytree from a file by memory-mapping it: nothing is read until it is used.
 
     **Arguments:**
-    - `path`: the file.
+    - `source`: the file: a path (memory-mapped), or anything `eqx_msg.open` takes (bytes, a
+      binary file object, an object with `read_into`), read by range.
     - `like`, `allow`: as for `eqx_msg.loads`.
     - `device`: where jax leaves go (default: JAX's default device). On the CPU they alias the map.
     - `sharding`: a `jax.sharding.Sharding` for every jax leaf, a pytree of them matched by key path,
@@ -461,7 +462,7 @@ def load(
     array uses it. Replace the file only with `save` (a rename) while they are in use: writing into
     it in place (`cp`, truncation) changes them, or ends the process with SIGBUS.
     """
-    with open(path) as reader:
+    with open(source) as reader:
         if verify:
             reader.verify()
         return reader.load(
@@ -478,41 +479,61 @@ def verify(source: Any) -> None:
     """Check a file, or the bytes of one, against its checksums: every leaf, the header, padding.
 
     **Arguments:**
-    - `source`: a path, or bytes-like data (bytes, bytearray, memoryview, mmap, numpy array).
+    - `source`: anything `eqx_msg.open` takes: a path, bytes-like data, a binary file object, or an
+      object with `read_into` (read in chunks of 16 MiB).
 
     **Raises:** `ChecksumError` naming every damaged leaf by key path (`error.paths`), or saying
     that the prefix or header is damaged (`error.header`), that padding is not zero, or that the
     file has no checksums; any other `FormatError` for a file that is not valid at all.
     """
-    if isinstance(source, str | os.PathLike):
-        with open(source) as reader:
-            reader.verify()
-        return
-    _codec.File(_codec.as_bytes_array(source)).verify()
+    with open(source) as reader:
+        reader.verify()
 
 
-def open(path: PathLike) -> Reader:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open a file for lazy access: `with eqx_msg.open(p) as r: r["['encoder'].weight"]`."""
-    return Reader(path)
+def open(source: PathLike | Any) -> Reader:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open a file for lazy access: `with eqx_msg.open(p) as r: r["['encoder'].weight"]`.
+
+    **Arguments:**
+    - `source`: a path (memory-mapped); bytes-like data (bytes, bytearray, memoryview, mmap, numpy
+      array; used in place); a binary file object with `seek` and `readinto`; or any object with
+      `read_into(offset, buffer) -> int` and `size` (see `Reader`).
+
+    **Returns:** a `Reader`. Only the prefix and header are read to open it (at most two reads
+    from a file object or `read_into` source); leaves are read when asked for.
+    """
+    return Reader(source)
 
 
 class Reader:
-    """A memory-mapped eqx_msg file: header, key paths, single leaves, slices and subtrees."""
+    """An eqx_msg file opened for lazy access: header, key paths, single leaves, slices, subtrees.
 
-    def __init__(self, path: PathLike):
-        """Map `path` and validate the whole file (header and every byte range; no data is read)."""
-        with _builtin_open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < _core.PREFIX_LEN:
-                raise LengthError(
-                    f"{os.fspath(path)}: {size} bytes is too short for an eqx_msg file"
-                )
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.path = os.fspath(path)
-        # Validates the whole file in Rust, which keeps the decoded records: fetching one leaf or
-        # building the abstract tree never pays for decoding every record in Python.
+    A path is memory-mapped and bytes are used in place. A binary file object (`seek`, `readinto`)
+    or an object with `read_into(offset, buffer) -> int` (fill the writable memoryview `buffer`
+    from byte `offset`, return the count) and `size` (bytes, an int or a method) is read by range:
+    opening reads the prefix and header only, and each of `reader[key]`, `get`, `slice(key)[rows]`
+    and `load(filter=...)` reads just the byte ranges it needs, into new 64-byte-aligned buffers
+    (leaves close together in one read). Such a source stays the caller's to close.
+    """
+
+    def __init__(self, source: PathLike | Any):
+        """Open `source` and validate the file's prefix and header (every leaf's byte range
+        included); no leaf data is read."""
+        self._map: mmap.mmap | None = None
+        self.path: str | None = None
+        # Validated in Rust, which keeps the decoded records: fetching one leaf or building the
+        # abstract tree never pays for decoding every record in Python.
         with _codec.gc_paused():
-            self._file = _codec.File(_codec.as_bytes_array(self._map))
+            if isinstance(source, str | os.PathLike):
+                self.path = self.name = os.fspath(source)
+                self._map = _map(self.path)
+                self._file = _codec.File(_codec.as_bytes_array(self._map))
+            elif (ranged := _sources.as_source(source)) is not None:
+                self.name = ranged.name
+                self._file = _codec.RangedFile(ranged)
+            else:
+                buf = _codec.as_bytes_array(source)
+                self.name = f"<{type(source).__name__} of {len(buf)} bytes>"
+                self._file = _codec.File(buf)
         self._closed = False
 
     @property
@@ -578,8 +599,16 @@ class Reader:
         self._file.verify()
 
     def slice(self, key: str) -> _Slice:
-        """`reader.slice(key)[idx]` reads only the rows asked for (a numpy copy)."""
-        return _Slice(self[key])
+        """`reader.slice(key)[idx]` reads only the rows (first axis) asked for: a numpy copy."""
+        record = self._record(key)
+        if record["kind"] == "abstract":
+            raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
+        self._check_open()
+        index = record["index"]
+        dtype = self._file.dtypes[self._file.table.which[index]]
+        return _Slice(
+            tuple(record["shape"]), dtype, lambda start, stop: self._rows(index, start, stop)
+        )
 
     def abstract(self, allow: Any = ()) -> Any:
         """The saved pytree with `jax.ShapeDtypeStruct` leaves; no array data is read."""
@@ -619,14 +648,17 @@ class Reader:
         if self._closed:
             return
         self._closed = True
-        # Keep a copy of the prefix and header (not the data): the header stays readable.
-        self._file.buf = np.array(self._file.buf[: self._file.data_start])
-        with contextlib.suppress(BufferError):  # arrays still view the map: unmapped with the last
-            self._map.close()
+        if isinstance(self._file, _codec.RangedFile):
+            self._file.close()
+        else:  # keep the prefix and header (not the data)
+            self._file.buf = np.array(self._file.buf[: self._file.data_start])
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # arrays still view the map: unmapped last
+                self._map.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<eqx_msg.Reader {self.path!r}: {len(self)} array leaves, {state}>"
+        return f"<eqx_msg.Reader {self.name!r}: {len(self)} array leaves, {state}>"
 
     def __enter__(self) -> Reader:
         return self
@@ -636,7 +668,11 @@ class Reader:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClosedError(f"{self.path}: the reader is closed; reopen it with eqx_msg.open")
+            raise ClosedError(f"{self.name}: the reader is closed; reopen it with eqx_msg.open")
+
+    def _rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        self._check_open()
+        return self._file.rows(index, start, stop)
 
     def _arrays(self, indices: list[int]) -> list[np.ndarray | None]:
         self._check_open()
@@ -655,29 +691,81 @@ class Reader:
         record = self._find(key)
         if record is None and key in self._subtree_paths([key])[0]:
             raise KeyPathError(
-                f"{key!r} in {self.path} is not an array leaf but a container or a value stored in "
+                f"{key!r} in {self.name} is not an array leaf but a container or a value stored in "
                 "the header (a number, string, function, None): reader.abstract() shows it, and "
                 "reader.load(filter=...) loads it"
             )
         if record is None:
             close = [k for k in self.keys() if key in k or k in key][:5]
             raise KeyPathError(
-                f"{key!r} is not a key path in {self.path}"
+                f"{key!r} is not a key path in {self.name}"
                 + (f"; did you mean {close}?" if close else "")
             )
         return record
 
 
-class _Slice:
-    """Row access to one leaf: indexing reads only the selected part of the map."""
+def _map(path: str) -> mmap.mmap:
+    """A read-only map of the file at `path` (LengthError if too short to be one)."""
+    with _builtin_open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _core.PREFIX_LEN:
+            raise LengthError(f"{path}: {size} bytes is too short for an eqx_msg file")
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
-    def __init__(self, view: np.ndarray):
-        self._view = view
-        self.shape = view.shape
-        self.dtype = view.dtype
+
+class _Slice:
+    """Row access to one leaf: indexing reads only the rows its first index selects.
+
+    `rows(start, stop)` gives rows `start:stop` of the leaf's data (a view of a map, or the bytes
+    of those rows read from a source).
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, rows: Callable[[int, int], Any]):
+        self.shape = shape
+        self.dtype = dtype
+        self._rows = rows
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        return np.array(self._view[index])
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
+        window = None
+        whole = index == () if isinstance(index, tuple) else False
+        if not whole and self.shape and 0 not in self.shape:  # (no bytes: read whole, nothing)
+            window = _row_window(first, self.shape[0])
+        if window is None:
+            return np.array(self._rows(0, self.shape[0] if self.shape else 0)[index])
+        start, stop, shifted = window
+        return np.array(self._rows(start, stop)[(shifted, *rest)])
+
+
+def _row_window(first: Any, n: int) -> tuple[int, int, Any] | None:
+    """For a first-axis index `first` into `n` rows: the rows `start:stop` it touches and the
+    index into just those rows; None where all rows are read (`...`, `None`, a bool mask of more
+    than one axis)."""
+    if first is Ellipsis or first is None:
+        return None
+    if isinstance(first, slice):
+        start, stop, step = first.indices(n)
+        touched = range(start, stop, step)
+        if not touched:
+            return 0, 0, slice(0, 0)
+        low, high = min(touched[0], touched[-1]), max(touched[0], touched[-1]) + 1
+        end = touched[-1] - low + (1 if step > 0 else -1)
+        return low, high, slice(touched[0] - low, end if end >= 0 else None, step)
+    if isinstance(first, int | np.integer) and not isinstance(first, bool | np.bool_):
+        i = int(first) + (n if first < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError(f"index {int(first)} is out of bounds for axis 0 with size {n}")
+        return i, i + 1, 0
+    chosen = np.asarray(first)
+    if chosen.dtype == bool and chosen.ndim != 1:
+        return None
+    if chosen.size == 0 and chosen.dtype != bool:  # `[]`: numpy takes it as no integers
+        chosen = chosen.astype(np.intp)
+    rows = np.arange(n)[chosen]  # (IndexError for what numpy would refuse)
+    if not rows.size:
+        return 0, 0, rows
+    low = int(rows.min())
+    return low, int(rows.max()) + 1, rows - low
 
 
 def _selector(

@@ -41,7 +41,7 @@ pub use frame::{
 };
 pub use header::{Checksums, Header, LeafKind, LeafSpec};
 pub use msgpack::RawValue;
-pub use reader::{parse_head, Head, MappedFile, Reader};
+pub use reader::{parse_head, Head, MappedFile, Reader, StreamVerifier};
 pub use rmpv;
 pub use writer::{assemble, assemble_into, parallel_copy, total_len, write_range, Frame, Front};
 

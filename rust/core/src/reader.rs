@@ -90,8 +90,13 @@ fn damaged_header(head: &[u8]) -> Option<Error> {
 impl Head<'_> {
     /// Checks that the header padding (file bytes `16 + H .. D`) of `file` is zero.
     pub fn check_padding(&self, file: &[u8]) -> Result<()> {
-        let start = PREFIX_LEN + self.header_len;
-        zeros(file, start, self.data_start, "the padding after the header")
+        Head::padding(file, PREFIX_LEN + self.header_len, self.data_start)
+    }
+
+    /// Checks that the header padding, file bytes `header_end..data_start`, of `head` (the file's
+    /// first `data_start` bytes or more) is zero.
+    pub fn padding(head: &[u8], header_end: usize, data_start: usize) -> Result<()> {
+        zeros(head, header_end, data_start, "the padding after the header")
     }
 }
 
@@ -190,34 +195,20 @@ impl<'a> Reader<'a> {
             .map(|&i| self.leaf_bytes(i).unwrap_or(&[]))
             .collect();
         let computed = checksum::crc32c_all(&buffers);
-        let damaged: Vec<LeafRef> = with_bytes
-            .iter()
-            .zip(&computed)
-            .filter(|&(&i, &crc)| sums.leaf(i) != Some(crc))
-            .map(|(&i, _)| LeafRef::new(i, &leaves[i].path))
-            .collect();
-        if !damaged.is_empty() {
-            return Err(Error::LeafChecksums { leaves: damaged });
-        }
-        // Every byte of the data section outside the leaves is padding.
-        let mut ranges: Vec<(u64, u64)> = leaves.iter().filter_map(|l| l.byte_range()).collect();
-        ranges.sort_unstable();
-        let mut pos = 0u64;
+        check_sums(
+            leaves,
+            |i| sums.leaf(i),
+            with_bytes.into_iter().zip(computed),
+        )?;
         let base = self.data_start;
-        for (start, end) in ranges
-            .into_iter()
-            .chain([(self.header.data_nbytes, self.header.data_nbytes)])
-        {
-            if start > pos {
-                // Inside the validated data section, so both fit in usize.
-                zeros(
-                    self.buf,
-                    base + pos as usize,
-                    base + start as usize,
-                    "the padding between leaves",
-                )?;
-            }
-            pos = pos.max(end);
+        for (start, end) in padding_gaps(leaves, self.header.data_nbytes) {
+            // Inside the validated data section, so both fit in usize.
+            zeros(
+                self.buf,
+                base + start as usize,
+                base + end as usize,
+                "the padding between leaves",
+            )?;
         }
         Ok(())
     }
@@ -227,6 +218,155 @@ impl<'a> Reader<'a> {
         let (start, end) = self.header.leaves.get(i)?.byte_range()?;
         let data = self.data();
         data.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+    }
+}
+
+/// Fails with `LeafChecksums` naming every leaf whose `computed` sum (pairs of record index and
+/// CRC32C) differs from its `stored` one.
+fn check_sums(
+    leaves: &[LeafSpec],
+    stored: impl Fn(usize) -> Option<u32>,
+    computed: impl IntoIterator<Item = (usize, u32)>,
+) -> Result<()> {
+    let damaged: Vec<LeafRef> = computed
+        .into_iter()
+        .filter(|&(i, crc)| stored(i) != Some(crc))
+        .map(|(i, _)| LeafRef::new(i, &leaves[i].path))
+        .collect();
+    if damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::LeafChecksums { leaves: damaged })
+    }
+}
+
+/// The byte ranges of a data section of `data_nbytes` bytes that no leaf covers (its padding),
+/// in order; the leaves of a validated header do not overlap.
+fn padding_gaps(leaves: &[LeafSpec], data_nbytes: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = leaves.iter().filter_map(|l| l.byte_range()).collect();
+    ranges.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut pos = 0u64;
+    for (start, end) in ranges.into_iter().chain([(data_nbytes, data_nbytes)]) {
+        if start > pos {
+            gaps.push((pos, start));
+        }
+        pos = pos.max(end);
+    }
+    gaps
+}
+
+/// Checks a data section against its checksums from its bytes fed in order, piece by piece: what
+/// [`Reader::verify`] checks, for a file read in chunks from a source that is not mapped.
+#[derive(Debug, Clone)]
+pub struct StreamVerifier {
+    /// The data section cut into leaves (`Some(record index)`) and padding (`None`), in order.
+    segments: Vec<(u64, u64, Option<usize>)>,
+    /// Stored CRC32C per leaf record.
+    stored: Vec<u32>,
+    /// CRC32C so far per leaf record.
+    computed: Vec<u32>,
+    /// Index into `segments` and data-section offset of the next byte.
+    next: usize,
+    pos: u64,
+    data_start: u64,
+    /// The first nonzero padding byte seen, reported after damaged leaves (as `Reader::verify`).
+    padding: Option<Error>,
+}
+
+impl StreamVerifier {
+    /// A verifier for the data section of a file with `header`, starting at file offset
+    /// `data_start`; `NoChecksums` for a file written without checksums.
+    pub fn new(header: &Header<'_>, data_start: u64) -> Result<StreamVerifier> {
+        let sums = header.checksums.ok_or(Error::NoChecksums)?;
+        let leaves = &header.leaves;
+        let mut segments: Vec<(u64, u64, Option<usize>)> = leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.byte_range().map(|(s, e)| (s, e, Some(i))))
+            .chain(
+                padding_gaps(leaves, header.data_nbytes)
+                    .into_iter()
+                    .map(|(s, e)| (s, e, None)),
+            )
+            .collect();
+        segments.sort_unstable();
+        Ok(StreamVerifier {
+            segments,
+            stored: (0..leaves.len())
+                .map(|i| sums.leaf(i).unwrap_or(0))
+                .collect(),
+            computed: vec![0; leaves.len()],
+            next: 0,
+            pos: 0,
+            data_start,
+            padding: None,
+        })
+    }
+
+    /// Bytes of the data section still to be fed.
+    pub fn remaining(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.1) - self.pos
+    }
+
+    /// Feeds the next bytes of the data section; fails only on more bytes than it has.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let Some(&(_, end, leaf)) = self.segments.get(self.next) else {
+                return Err(Error::BufferLength {
+                    what: "the data section",
+                    expected: self.pos,
+                    actual: self.pos + bytes.len() as u64,
+                });
+            };
+            // pos lies in [start, end): take what is left of this segment.
+            let take = (end - self.pos).min(bytes.len() as u64) as usize;
+            let (piece, rest) = bytes.split_at(take);
+            match leaf {
+                Some(i) => self.computed[i] = checksum::append(self.computed[i], piece),
+                None if self.padding.is_none() => {
+                    if let Some(k) = piece.iter().position(|&b| b != 0) {
+                        self.padding = Some(Error::NonzeroPadding {
+                            offset: self.data_start + self.pos + k as u64,
+                            what: "the padding between leaves",
+                        });
+                    }
+                }
+                None => {}
+            }
+            self.pos += take as u64;
+            bytes = rest;
+            // Skip finished segments (and empty leaves, whose sum is that of no bytes).
+            while self
+                .segments
+                .get(self.next)
+                .is_some_and(|s| s.1 <= self.pos)
+            {
+                self.next += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the sums once every byte has been fed: `LeafChecksums` naming every damaged leaf of
+    /// `leaves` (the header's records), else `NonzeroPadding` for the first nonzero padding byte.
+    pub fn finish(self, leaves: &[LeafSpec]) -> Result<()> {
+        let remaining = self.remaining();
+        if remaining > 0 {
+            return Err(Error::BufferLength {
+                what: "the data section",
+                expected: self.pos + remaining,
+                actual: self.pos,
+            });
+        }
+        let computed = &self.computed;
+        let with_bytes = self.segments.iter().filter_map(|s| s.2);
+        check_sums(
+            leaves,
+            |i| self.stored.get(i).copied(),
+            with_bytes.map(|i| (i, computed[i])),
+        )?;
+        self.padding.map_or(Ok(()), Err)
     }
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use eqx_msg_core::{assemble, checksum, Error, ErrorKind, Reader};
+use eqx_msg_core::{assemble, checksum, Error, ErrorKind, Reader, StreamVerifier};
 
 /// A small file of the current writer: three leaves, one abstract.
 fn file() -> Vec<u8> {
@@ -132,4 +132,55 @@ fn checksum_fields_must_be_whole_and_last() {
         assert!(matches!(err, Error::BadChecksumField { .. }), "{err}");
         assert_eq!(err.kind(), ErrorKind::Header);
     }
+}
+
+/// Verifying a file fed in chunks of `chunk` bytes, as a reader of a source that is not mapped
+/// does (the header read and checked first).
+fn check_streamed(bytes: &[u8], chunk: usize) -> Result<(), Error> {
+    let head = eqx_msg_core::parse_head(bytes, bytes.len() as u64)?;
+    head.check_padding(bytes)?;
+    let mut verifier = StreamVerifier::new(&head.header, head.data_start as u64)?;
+    for piece in bytes[head.data_start..].chunks(chunk) {
+        verifier.feed(piece)?;
+    }
+    assert_eq!(verifier.remaining(), 0);
+    verifier.finish(&head.header.leaves)
+}
+
+#[test]
+fn a_streamed_verify_gives_the_verdict_of_the_mapped_one_for_every_flipped_bit() {
+    let good = file();
+    for chunk in [1, 7, 64, 1 << 20] {
+        check_streamed(&good, chunk).unwrap();
+    }
+    for byte in 0..good.len() {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[byte] ^= 1 << bit;
+            let mapped = check(&bad).expect_err("mapped").to_string();
+            for chunk in [1, 13, 1 << 20] {
+                let streamed = check_streamed(&bad, chunk)
+                    .expect_err(&format!("byte {byte} bit {bit} in chunks of {chunk}"));
+                assert_eq!(streamed.to_string(), mapped, "byte {byte} bit {bit}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_streamed_verify_refuses_too_few_or_too_many_bytes() {
+    let good = file();
+    let head = eqx_msg_core::parse_head(&good, good.len() as u64).unwrap();
+    let data = &good[head.data_start..];
+    let mut short = StreamVerifier::new(&head.header, head.data_start as u64).unwrap();
+    short.feed(&data[..data.len() - 1]).unwrap();
+    assert_eq!(short.remaining(), 1);
+    assert_eq!(
+        short.finish(&head.header.leaves).unwrap_err().kind(),
+        ErrorKind::Layout
+    );
+    let mut long = StreamVerifier::new(&head.header, head.data_start as u64).unwrap();
+    let mut more = data.to_vec();
+    more.push(0);
+    assert_eq!(long.feed(&more).unwrap_err().kind(), ErrorKind::Layout);
 }

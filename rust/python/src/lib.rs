@@ -225,7 +225,8 @@ struct FileHeader {
 
 #[pymethods]
 impl FileHeader {
-    /// Validates a whole file (prefix, header, exact length) and keeps its decoded header.
+    /// Validates a whole file (prefix, header, exact length, header padding) and keeps its decoded
+    /// header.
     #[new]
     fn new(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<Self> {
         let bytes = u8_slice(&buf, "the file buffer")?;
@@ -236,26 +237,61 @@ impl FileHeader {
             let end = (eqx::PREFIX_LEN as u64)
                 .saturating_add(header_len)
                 .min(bytes.len() as u64) as usize; // <= bytes.len()
-            let copy = bytes[..end].to_vec();
-            let head = eqx::parse_head(&copy, bytes.len() as u64)?;
-            head.check_padding(bytes)?;
-            let has_checksums = head.header.checksums.is_some();
-            let (header_len, data_start, header) = (head.header_len, head.data_start, head.header);
-            let (which, first_of_type) = leaf_types(&header.leaves);
-            let (tree, leaves) = (header.tree.as_bytes().to_vec(), header.leaves);
-            Ok(FileHeader {
-                head: copy, // (parse_head checked it ends where the header does)
-                tree,
-                leaves,
-                which,
-                first_of_type,
-                file_len: bytes.len(),
-                header_len,
-                data_start,
-                has_checksums,
-            })
+            let header = FileHeader::checked(bytes[..end].to_vec(), bytes.len() as u64)?;
+            header.padding_of(bytes)?;
+            Ok(header)
         })
         .map_err(py_err)
+    }
+
+    /// Validates the first bytes of a file of `file_len` bytes that is not in memory: `head` holds
+    /// at least its prefix and header (`header_len(head)` says how long that is). The header
+    /// padding, which may lie past `head`, is checked by `check_padding` once it has been read.
+    #[staticmethod]
+    fn from_head(py: Python<'_>, head: PyReadonlyArray1<'_, u8>, file_len: u64) -> PyResult<Self> {
+        let head = u8_slice(&head, "the head buffer")?;
+        py.detach(|| {
+            let (_, header_len) = eqx::parse_prefix(head)?;
+            let end = (eqx::PREFIX_LEN as u64)
+                .saturating_add(header_len)
+                .min(head.len() as u64) as usize; // <= head.len()
+            FileHeader::checked(head[..end].to_vec(), file_len)
+        })
+        .map_err(py_err)
+    }
+
+    /// Checks that the header padding is zero; `head` holds the file's first `data_start` bytes
+    /// (or more).
+    fn check_padding(&self, head: PyReadonlyArray1<'_, u8>) -> PyResult<()> {
+        self.padding_of(u8_slice(&head, "the head buffer")?)
+            .map_err(py_err)
+    }
+
+    /// The data-section byte range `(start, end)` of each leaf in `indices`; None for abstract
+    /// leaves.
+    fn ranges(&self, indices: Vec<usize>) -> PyResult<Vec<Option<(u64, u64)>>> {
+        indices
+            .into_iter()
+            .map(|i| {
+                let leaf = self.leaves.get(i).ok_or_else(|| {
+                    PyIndexError::new_err(format!("leaf {i} of {}", self.leaves.len()))
+                })?;
+                Ok(leaf.byte_range())
+            })
+            .collect()
+    }
+
+    /// A checker of the data section fed in order, chunk by chunk, for a file that is not in
+    /// memory (what `verify` checks for a whole buffer): `NoChecksums` for a file without them.
+    fn verifier(slf: Bound<'_, Self>) -> PyResult<DataVerifier> {
+        let this = slf.get();
+        let head = eqx::parse_head(&this.head, this.file_len as u64).map_err(py_err)?;
+        let verifier =
+            eqx::StreamVerifier::new(&head.header, this.data_start as u64).map_err(py_err)?;
+        Ok(DataVerifier {
+            verifier: std::sync::Mutex::new(Some(verifier)),
+            header: slf.unbind(),
+        })
     }
 
     /// Checks every byte of the file `buf` against the checksums (all cores, GIL released).
@@ -319,27 +355,34 @@ impl FileHeader {
     /// `buf` is the file this header was read from (or a copy); `dtypes[t]` is the numpy dtype of
     /// `leaf_table()`'s type `t`. Each array is a read-only view into `buf`, which it keeps alive,
     /// except for packed sub-byte dtypes: those are unpacked into new read-only arrays.
-    #[pyo3(signature = (buf, dtypes, indices=None))]
+    ///
+    /// With `offset`, `buf` holds only part of the data section, the bytes from data-section
+    /// offset `offset` on (a ranged read), and every leaf asked for must lie inside it.
+    #[pyo3(signature = (buf, dtypes, indices=None, offset=None))]
     fn arrays<'py>(
         &self,
         py: Python<'py>,
         buf: PyReadonlyArray1<'py, u8>,
         dtypes: Vec<Bound<'py, PyArrayDescr>>,
         indices: Option<Vec<usize>>,
+        offset: Option<u64>,
     ) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
         let bytes = u8_slice(&buf, "the file buffer")?;
-        if bytes.len() != self.file_len {
-            return Err(raise(
-                ErrorKind::Layout,
-                format!(
-                    "the buffer holds {} bytes, the file {}",
-                    bytes.len(),
-                    self.file_len
-                ),
-            ));
-        }
+        let (data, window) = match offset {
+            None if bytes.len() == self.file_len => (&bytes[self.data_start..], 0),
+            None => {
+                return Err(raise(
+                    ErrorKind::Layout,
+                    format!(
+                        "the buffer holds {} bytes, the file {}",
+                        bytes.len(),
+                        self.file_len
+                    ),
+                ))
+            }
+            Some(offset) => (bytes, offset),
+        };
         let packed = self.check_dtypes(&dtypes)?;
-        let data = &bytes[self.data_start..];
         let base = buf.as_any();
         let mut dims = Vec::with_capacity(eqx::MAX_NDIM);
         let mut array = |i: usize| -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -349,15 +392,16 @@ impl FileHeader {
             let Some((start, end)) = leaf.byte_range() else {
                 return Ok(None);
             };
-            // Validated header: the range lies inside the data section, and fits in usize.
-            let range = usize::try_from(start)
-                .ok()
-                .zip(usize::try_from(end).ok())
+            // Validated header: the range lies inside the data section; `data` may hold only a part.
+            let range = start
+                .checked_sub(window)
+                .zip(end.checked_sub(window))
+                .and_then(|(s, e)| Some((usize::try_from(s).ok()?, usize::try_from(e).ok()?)))
                 .and_then(|(s, e)| data.get(s..e))
                 .ok_or_else(|| {
                     raise(
                         ErrorKind::Layout,
-                        format!("leaf {i}: bytes outside the file"),
+                        format!("leaf {i}: bytes outside the buffer given"),
                     )
                 })?;
             let t = self.which[i];
@@ -405,6 +449,37 @@ impl FileHeader {
 }
 
 impl FileHeader {
+    /// Checks the framing of a file of `file_len` bytes from a copy of its prefix and header, and
+    /// keeps the copy and the decoded header.
+    fn checked(head: Vec<u8>, file_len: u64) -> eqx::Result<FileHeader> {
+        let file_len_usize = usize::try_from(file_len).map_err(|_| Error::FileLength {
+            expected: usize::MAX as u64,
+            actual: file_len,
+        })?;
+        let parsed = eqx::parse_head(&head, file_len)?;
+        let has_checksums = parsed.header.checksums.is_some();
+        let (header_len, data_start, header) =
+            (parsed.header_len, parsed.data_start, parsed.header);
+        let (which, first_of_type) = leaf_types(&header.leaves);
+        let (tree, leaves) = (header.tree.as_bytes().to_vec(), header.leaves);
+        Ok(FileHeader {
+            head, // (parse_head checked it ends where the header does)
+            tree,
+            leaves,
+            which,
+            first_of_type,
+            file_len: file_len_usize,
+            header_len,
+            data_start,
+            has_checksums,
+        })
+    }
+
+    /// Checks the header padding in `head`, the file's first `data_start` bytes or more.
+    fn padding_of(&self, head: &[u8]) -> eqx::Result<()> {
+        eqx::Head::padding(head, eqx::PREFIX_LEN + self.header_len, self.data_start)
+    }
+
     /// Checks that `dtypes[t]` can hold type `t`'s bytes; per type, its packed bit width or None.
     ///
     /// This is what makes `arrays` memory-safe: a view never covers more bytes than its leaf has.
@@ -450,6 +525,62 @@ impl FileHeader {
             })
             .collect()
     }
+}
+
+/// Checks the data section of a file read in chunks against its checksums (`FileHeader.verifier`).
+#[pyclass(frozen, module = "eqx_msg._core")]
+struct DataVerifier {
+    /// None once finished.
+    verifier: std::sync::Mutex<Option<eqx::StreamVerifier>>,
+    header: Py<FileHeader>,
+}
+
+#[pymethods]
+impl DataVerifier {
+    /// Bytes of the data section still to be fed.
+    #[getter]
+    fn remaining(&self) -> PyResult<u64> {
+        let mut guard = self.lock()?;
+        Ok(DataVerifier::open(&mut guard)?.remaining())
+    }
+
+    /// Feeds the next bytes of the data section (GIL released); `LayoutError` past its end.
+    fn feed(&self, py: Python<'_>, chunk: PyReadonlyArray1<'_, u8>) -> PyResult<()> {
+        let bytes = u8_slice(&chunk, "the chunk")?;
+        let mut guard = self.lock()?;
+        let verifier = DataVerifier::open(&mut guard)?;
+        py.detach(|| verifier.feed(bytes)).map_err(py_err)
+    }
+
+    /// Once every byte has been fed: `ChecksumError` naming every damaged leaf, else the first
+    /// nonzero padding byte.
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        let verifier = self.lock()?.take().ok_or_else(finished)?;
+        let leaves = &self.header.get().leaves;
+        py.detach(|| verifier.finish(leaves)).map_err(py_err)
+    }
+}
+
+impl DataVerifier {
+    /// The verifier's lock.
+    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, Option<eqx::StreamVerifier>>> {
+        self.verifier
+            .lock()
+            .map_err(|_| raise(ErrorKind::Layout, "a feed failed in another thread".into()))
+    }
+
+    /// The verifier in `guard`, unless it has finished.
+    fn open(guard: &mut Option<eqx::StreamVerifier>) -> PyResult<&mut eqx::StreamVerifier> {
+        guard.as_mut().ok_or_else(finished)
+    }
+}
+
+/// The error for a verifier used after `finish`.
+fn finished() -> PyErr {
+    raise(
+        ErrorKind::Layout,
+        "the verifier has finished already".into(),
+    )
 }
 
 /// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
@@ -599,6 +730,13 @@ fn aligned_copy<'py>(
     py.detach(|| eqx::parallel_copy(src, body))
         .map_err(py_err)?;
     Ok((out, offset))
+}
+
+/// The length `H` of the msgpack header a file's 16-byte prefix states (magic and version
+/// checked): a reader that is not mapped reads bytes `0..16 + H` next.
+#[pyfunction]
+fn header_len(prefix: &[u8]) -> PyResult<u64> {
+    eqx::parse_prefix(prefix).map(|(_, h)| h).map_err(py_err)
 }
 
 /// Length of the whole file an encoded header describes (validating the header).
@@ -880,6 +1018,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage_nbytes, m)?)?;
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_class::<FileHeader>()?;
+    m.add_class::<DataVerifier>()?;
+    m.add_function(wrap_pyfunction!(header_len, m)?)?;
     m.add_function(wrap_pyfunction!(aligned_copy, m)?)?;
     m.add_function(wrap_pyfunction!(total_len, m)?)?;
     m.add_class::<FileFrame>()?;

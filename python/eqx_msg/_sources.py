@@ -1,0 +1,201 @@
+"""Sources that are not mapped: a file object, or anything with `read_into(offset, buffer)`.
+
+Opening one reads the prefix and header only (at most two reads); leaves are read on demand, each
+byte range once, into 64-byte-aligned buffers, adjacent small leaves coalesced into one read. This
+is what object storage builds on: one ranged request per read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from . import _core
+from ._errors import LengthError
+
+# The first read of a source: the prefix and, for most files, the whole header and its padding.
+_FIRST_READ = 64 << 10
+# Header padding read along with a header longer than the first read: enough for alignments up
+# to 4 KiB (larger ones, rare, take a third read).
+_PADDING_GUESS = 4 << 10
+# Leaves closer than this are read together, the bytes between them included (padding, or small
+# leaves that were not asked for), while the read stays under _GROUP bytes.
+_GAP = 64 << 10
+_GROUP = 16 << 20
+# Chunks of a data section streamed through the checksum verifier.
+_VERIFY_CHUNK = 16 << 20
+
+
+@runtime_checkable
+class RangeSource(Protocol):
+    """What `eqx_msg.open` reads a file from when it is not a path or bytes: any object with
+    `read_into(offset, buffer)` (fill `buffer`, a writable memoryview, with the source's bytes from
+    `offset`; return how many were read) and `size` (the length in bytes: an int, or a method).
+    """
+
+    def read_into(self, offset: int, buffer: memoryview) -> int: ...
+
+
+class FileObjectSource:
+    """A binary file object with `seek` and `readinto` (an open file, `io.BytesIO`, ...), read by
+    range. The object stays the caller's: it is not closed with the reader."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self.name = str(getattr(f, "name", f"<{type(f).__name__}>"))
+        self.size = f.seek(0, os.SEEK_END)
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        self._f.seek(offset)
+        filled = 0
+        while filled < len(buffer):
+            n = self._f.readinto(buffer[filled:])
+            if not n:
+                break
+            filled += n
+        return filled
+
+
+class ObjectSource:
+    """An object of the `RangeSource` protocol, with its size looked up once."""
+
+    def __init__(self, source: Any):
+        size = getattr(source, "size", None)
+        if callable(size):
+            size = size()
+        if size is None and hasattr(source, "__len__"):
+            size = len(source)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise TypeError(
+                f"{type(source).__name__} has read_into but no size: give it a `size` (the length "
+                "in bytes, an int or a method) so that eqx_msg can check the file's length"
+            )
+        self._source = source
+        self.name = str(getattr(source, "name", f"<{type(source).__name__}>"))
+        self.size = size
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        n = self._source.read_into(offset, buffer)
+        return len(buffer) if n is None else int(n)
+
+
+Source = FileObjectSource | ObjectSource
+
+
+def as_source(obj: Any) -> Source | None:
+    """The ranged source `obj` is (a file object, or an object with `read_into`), else None."""
+    if hasattr(obj, "read_into"):
+        return ObjectSource(obj)
+    if isinstance(obj, io.TextIOBase):
+        raise TypeError("eqx_msg reads binary files: open the file with mode 'rb'")
+    if hasattr(obj, "readinto") and hasattr(obj, "seek"):
+        return FileObjectSource(obj)
+    return None
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A new uint8 array of `nbytes` bytes whose data is 64-byte aligned."""
+    align = _core.MIN_ALIGNMENT
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes]
+
+
+def read_exact(source: Source, offset: int, buffer: np.ndarray) -> None:
+    """Fill `buffer` with `source`'s bytes from `offset`; `LengthError` if the source ends first."""
+    if not len(buffer):
+        return
+    got = source.read_into(offset, memoryview(buffer.data).cast("B"))
+    if got != len(buffer):
+        raise LengthError(
+            f"{source.name}: reading {len(buffer)} bytes at offset {offset} gave {got}: the "
+            f"source ended early (its size says {source.size} bytes)"
+        )
+
+
+def read_head(source: Source) -> tuple[_core.FileHeader, np.ndarray]:
+    """Read and check a source's prefix, header and header padding, in at most two reads (three
+    for an alignment over 4 KiB); returns the checked header and the bytes read."""
+    if source.size < _core.PREFIX_LEN:
+        raise LengthError(f"{source.name}: {source.size} bytes is too short for an eqx_msg file")
+    first = aligned_empty(min(source.size, _FIRST_READ))
+    read_exact(source, 0, first)
+    # Magic and version checked; a header longer than the source is refused by from_head.
+    header_len = _core.header_len(bytes(first[: _core.PREFIX_LEN]))
+    wanted = min(source.size, _core.PREFIX_LEN + header_len + _PADDING_GUESS)
+    head = first
+    if wanted > len(first):
+        head = aligned_empty(wanted)
+        head[: len(first)] = first
+        read_exact(source, len(first), head[len(first) :])
+    header = _core.FileHeader.from_head(head, source.size)
+    if header.data_start > len(head):  # a large alignment's padding
+        more = aligned_empty(header.data_start)
+        more[: len(head)] = head
+        read_exact(source, len(head), more[len(head) :])
+        head = more
+    header.check_padding(head)
+    head.flags.writeable = False
+    return header, head
+
+
+def read_arrays(
+    source: Source,
+    header: _core.FileHeader,
+    head: np.ndarray,
+    dtypes: list[np.dtype],
+    indices: Sequence[int],
+) -> list[np.ndarray | None]:
+    """The data of leaves `indices` (None for abstract ones), read by range: read-only arrays in
+    new aligned buffers. Leaves are read in offset order, those close together in one read (the
+    bytes between them included while the gap is at most `_GAP` and the read `_GROUP` bytes).
+    Leaves that the first read of the file already holds (`head`, from `read_head`) are not read
+    again: a small file is read once in all."""
+    out: list[np.ndarray | None] = [None] * len(indices)
+    wanted = sorted(
+        (r[0], r[1], k, i) for k, (i, r) in enumerate(zip(indices, header.ranges(indices))) if r
+    )
+    groups: list[list[tuple[int, int, int, int]]] = []
+    for leaf in wanted:
+        if groups:
+            group = groups[-1]  # (leaves do not overlap: its last one ends last)
+            if leaf[0] - group[-1][1] <= _GAP and leaf[1] - group[0][0] <= _GROUP:
+                group.append(leaf)
+                continue
+        groups.append([leaf])
+    for group in groups:
+        start, end = group[0][0], group[-1][1]
+        if header.data_start + end <= len(head):
+            buffer = head[header.data_start + start : header.data_start + end]
+        else:
+            buffer = aligned_empty(end - start)
+            read_exact(source, header.data_start + start, buffer)
+            buffer.flags.writeable = False
+        arrays = header.arrays(buffer, dtypes, [i for _, _, _, i in group], start)
+        for (_, _, k, _), array in zip(group, arrays):
+            out[k] = array
+    return out
+
+
+def read_bytes(source: Source, header: _core.FileHeader, start: int, stop: int) -> np.ndarray:
+    """Bytes `start..stop` of the data section, in a new aligned buffer."""
+    buffer = aligned_empty(stop - start)
+    read_exact(source, header.data_start + start, buffer)
+    return buffer
+
+
+def verify(source: Source, header: _core.FileHeader) -> None:
+    """Check a source's data section against its checksums, streamed in chunks of 16 MiB."""
+    verifier = header.verifier()
+    position = header.data_start
+    chunk = aligned_empty(min(_VERIFY_CHUNK, verifier.remaining))
+    while verifier.remaining:
+        piece = chunk[: min(len(chunk), verifier.remaining)]
+        read_exact(source, position, piece)
+        verifier.feed(piece)
+        position += len(piece)
+    verifier.finish()
