@@ -56,6 +56,73 @@ _BUILTIN_NODES = frozenset(
 MAX_NESTING = (_core.MAX_DEPTH - 3) // 2 + 1
 
 
+class Tag:
+    """The `t` of each kind of tree node (FORMAT.md section 4): the one place they are spelled."""
+
+    DICT = "dict"
+    ORDEREDDICT = "ordereddict"
+    DEFAULTDICT = "defaultdict"
+    LIST = "list"
+    TUPLE = "tuple"
+    NAMEDTUPLE = "namedtuple"
+    NODE = "node"
+    NONE = "none"
+    VALUE = "value"
+
+
+# Container tags -> the class a node of that tag rebuilds as.
+MAPPINGS: dict[str, type] = {
+    Tag.DICT: dict,
+    Tag.ORDEREDDICT: collections.OrderedDict,
+    Tag.DEFAULTDICT: collections.defaultdict,
+}
+SEQUENCES: dict[str, type] = {Tag.LIST: list, Tag.TUPLE: tuple}
+
+
+# How a child's key extends its parent's key path (as jax.tree_util.keystr writes it).
+def index_key(i: int) -> str:
+    """A list or tuple child's key: `[0]`."""
+    return f"[{i}]"
+
+
+def dict_key(key: Any) -> str:
+    """A mapping child's key: its key's repr in brackets, `['a']`."""
+    return f"[{key!r}]"
+
+
+def field_key(name: str) -> str:
+    """A namedtuple field's key: `.name` (a `node` stores its children's keys as JAX writes them)."""
+    return f".{name}"
+
+
+def child_keys(node: dict[str, Any], where: str) -> list[str] | None:
+    """The keys of a container node's children, in order, that extend its key path `where`; None
+    where the file does not say them: a `node` or `namedtuple` without `keys` (written before nodes
+    had them), or mapping keys that do not decode without the registry. The one reading of child
+    keys that the key-path lookups of a header tree share."""
+    tag, children = node.get("t"), node.get("c", [])
+    if not isinstance(children, list):
+        raise HeaderError(f"{at(where)}: malformed tree node {node!r:.80}")
+    if tag in SEQUENCES:
+        return [index_key(i) for i in range(len(children))]
+    if tag in MAPPINGS:
+        keys = node.get("k", [])
+        if not isinstance(keys, list):
+            raise HeaderError(f"{at(where)}: malformed tree node {node!r:.80}")
+        try:
+            return [dict_key(_static.decode(key, {}, where)) for key in keys]
+        except (HeaderError, UnknownTypeError):
+            return None
+    if tag in (Tag.NODE, Tag.NAMEDTUPLE):
+        names = node.get("keys")
+        if not isinstance(names, list) or len(names) != len(children):
+            return None
+        if tag == Tag.NAMEDTUPLE:
+            return [field_key(name) for name in names]
+        return [name if isinstance(name, str) else index_key(i) for i, name in enumerate(names)]
+    return []
+
+
 class Flat(NamedTuple):
     """A flattened pytree: the header's tree node, the leaf records, and the leaf objects."""
 
@@ -97,33 +164,34 @@ class _Flattener:
         if kind is _ArrayImpl:
             return self.leaf(obj, path)
         if kind is dict:
-            return self.mapping("dict", obj, path)
+            return self.mapping(Tag.DICT, obj, path)
         if kind is list or kind is tuple:
-            name = "list" if kind is list else "tuple"
             return {
-                "t": name,
-                "c": self.descend(path, ((v, f"{path}[{i}]") for i, v in enumerate(obj))),
+                "t": Tag.LIST if kind is list else Tag.TUPLE,
+                "c": self.descend(path, ((v, path + index_key(i)) for i, v in enumerate(obj))),
             }
         if obj is None:
-            return {"t": "none"}
+            return {"t": Tag.NONE}
         if kind in _PY_SCALARS:
-            return {"t": "value", "v": _static.encode(obj, path, self.level + 1), "p": path}
+            return {"t": Tag.VALUE, "v": _static.encode(obj, path, self.level + 1), "p": path}
         if isinstance(obj, jax.Array | jax.ShapeDtypeStruct | np.ndarray | np.generic):
             return self.leaf(obj, path)
         if kind is collections.OrderedDict:
-            return self.mapping("ordereddict", obj, path)
+            return self.mapping(Tag.ORDEREDDICT, obj, path)
         if kind is collections.defaultdict:
-            node = self.mapping("defaultdict", obj, path)
+            node = self.mapping(Tag.DEFAULTDICT, obj, path)
             node["factory"] = _static.encode(
                 obj.default_factory, f"{path}.default_factory", self.level + 1
             )
             return node
         if isinstance(obj, tuple) and hasattr(kind, "_fields"):
             return {
-                "t": "namedtuple",
+                "t": Tag.NAMEDTUPLE,
                 "cls": _registry.name_of(kind, path),
                 "keys": list(kind._fields),
-                "c": self.descend(path, ((v, f"{path}.{f}") for f, v in zip(kind._fields, obj))),
+                "c": self.descend(
+                    path, ((v, path + field_key(f)) for f, v in zip(kind._fields, obj))
+                ),
             }
         return self.custom(obj, path)
 
@@ -143,7 +211,7 @@ class _Flattener:
         return {
             "t": tag,
             "k": [_static.encode(k, path, self.level + 2) for k in obj],
-            "c": self.descend(path, ((v, f"{path}[{k!r}]") for k, v in obj.items())),
+            "c": self.descend(path, ((v, path + dict_key(k)) for k, v in obj.items())),
         }
 
     def custom(self, obj: Any, path: str) -> dict[str, Any]:
@@ -151,7 +219,7 @@ class _Flattener:
         children, treedef = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
         node_data = treedef.node_data()  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
         if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
-            return {"t": "value", "v": _static.encode(obj, path, self.level + 1), "p": path}
+            return {"t": Tag.VALUE, "v": _static.encode(obj, path, self.level + 1), "p": path}
         cls, aux = node_data
         if _registry.sets_wrapper_fields(cls, aux):
             raise UnserialisableError(
@@ -161,7 +229,7 @@ class _Flattener:
             )
         keys = [jtu.keystr(key) for key, _ in children]
         return {
-            "t": "node",
+            "t": Tag.NODE,
             "cls": _registry.name_of(cls, path),
             "aux": _static.encode(
                 aux, f"{at(path)} (flatten data of {cls.__qualname__})", self.level + 1
@@ -277,7 +345,7 @@ class _Builder:
         return self.build(node, where)
 
     def children(
-        self, nodes: Any, where: Where, key: Callable[[int], str] = lambda i: f"[{i}]"
+        self, nodes: Any, where: Where, key: Callable[[int], str] = index_key
     ) -> list[Any]:
         """A node's children; child `i` is at key path `where + key(i)` (called only for errors)."""
         leaves, order, count = self.leaves, self.order, len(self.leaves)
@@ -293,21 +361,21 @@ class _Builder:
     def build(self, node: Any, where: Where) -> Any:
         try:
             tag = node["t"]
-            if tag == "dict":
+            if tag == Tag.DICT:
                 return self.mapping(node, where, dict)
-            if tag == "list":
+            if tag == Tag.LIST:
                 return self.children(node["c"], where)
-            if tag == "tuple":
+            if tag == Tag.TUPLE:
                 return tuple(self.children(node["c"], where))
-            if tag == "none":
+            if tag == Tag.NONE:
                 return None
-            if tag == "value":
+            if tag == Tag.VALUE:
                 return _static.decode(node["v"], self.allow, where)
-            if tag == "node":
+            if tag == Tag.NODE:
                 return self.custom(node, where)
-            if tag == "ordereddict":
+            if tag == Tag.ORDEREDDICT:
                 return self.mapping(node, where, collections.OrderedDict)
-            if tag == "defaultdict":
+            if tag == Tag.DEFAULTDICT:
                 factory = _static.decode(node["factory"], self.allow, where)
                 if not (factory is None or _registry.is_builtin_class(factory)):
                     raise HeaderError(  # it runs whenever the loaded dict misses a key
@@ -317,7 +385,7 @@ class _Builder:
                 return self.mapping(
                     node, where, functools.partial(collections.defaultdict, factory)
                 )
-            if tag == "namedtuple":
+            if tag == Tag.NAMEDTUPLE:
                 cls = _registry.resolve(node["cls"], self.allow, where)
                 if not (
                     isinstance(cls, type)
@@ -339,7 +407,7 @@ class _Builder:
         if len(stored) != len(children):
             raise HeaderError(f"{at(where)}: {len(stored)} keys but {len(children)} children")
         keys = _static.spread([_static.decode(key, self.allow, where) for key in stored], where)
-        mapping = make(zip(keys, self.children(children, where, lambda i: f"[{keys[i]!r}]")))
+        mapping = make(zip(keys, self.children(children, where, lambda i: dict_key(keys[i]))))
         if len(mapping) != len(keys):
             raise HeaderError(
                 f"{at(where)}: a {node['t']} node repeats a key "
@@ -394,14 +462,14 @@ class _Builder:
 
 def _field_key(fields: list[str], i: int) -> str:
     """The key string of a namedtuple's field `i`, else `[i]`."""
-    return f".{fields[i]}" if i < len(fields) else f"[{i}]"
+    return field_key(fields[i]) if i < len(fields) else index_key(i)
 
 
 def _saved_key(node: dict[str, Any], i: int) -> str:
     """The key string of child `i` of a `node` as the file records it, else `[i]`."""
     saved = node.get("keys")
     key = saved[i] if isinstance(saved, list) and i < len(saved) else None
-    return key if isinstance(key, str) else f"[{i}]"
+    return key if isinstance(key, str) else index_key(i)
 
 
 def _child_keys(cls: type, obj: Any) -> list[str]:
@@ -459,30 +527,13 @@ def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]
             known.add(path)
         if not isinstance(node, dict):
             continue  # an array leaf
-        tag, children, keys = node.get("t"), node.get("c", []), node.get("k", [])
-        if not isinstance(children, list) or not isinstance(keys, list):
-            raise HeaderError(f"{at(path)}: malformed tree node {node!r:.80}")
-        named: Iterable[tuple[str, Any]] = ()
-        if tag in ("list", "tuple"):
-            named = ((f"[{i}]", child) for i, child in enumerate(children))
-        elif tag in ("dict", "ordereddict", "defaultdict"):
-            try:
-                decoded = [_static.decode(key, {}, path) for key in keys]
-            except (HeaderError, UnknownTypeError):
-                opaque.append(path)
-                continue
-            named = ((f"[{key!r}]", child) for key, child in zip(decoded, children))
-        elif tag in ("namedtuple", "node"):
-            names = node.get("keys")
-            if not isinstance(names, list) or len(names) != len(children):
-                opaque.append(path)
-                continue
-            dot = "." if tag == "namedtuple" else ""
-            named = ((f"{dot}{name}", child) for name, child in zip(names, children))
-        for key, child in named:
-            child_path = path + key
-            if leads_somewhere(child_path):
-                stack.append((child, child_path))
+        keys = child_keys(node, path)
+        if keys is None:
+            opaque.append(path)
+            continue
+        for key, child in zip(keys, node.get("c", [])):
+            if leads_somewhere(path + key):
+                stack.append((child, path + key))
     return known, opaque
 
 
@@ -506,36 +557,28 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
         tag, stored, children = node.get("t"), node["c"], treedef.children()
         if not isinstance(tag, str) or len(children) != len(stored):
             continue
-        if tag in ("node", "namedtuple"):
+        if tag in (Tag.NODE, Tag.NAMEDTUPLE):
             if cls not in class_names:
                 class_names[cls] = _stored_class(cls)
-            names = node.get("keys")
-            if class_names[cls] != node.get("cls") or not isinstance(names, list):
+            keys = child_keys(node, path)
+            if class_names[cls] != node.get("cls") or keys is None:
                 continue
-            if tag == "node" and _differs(aux, node.get("aux")):
+            if tag == Tag.NODE and _differs(aux, node.get("aux")):
                 differ.append(f"{at(path)} ({node.get('cls')})")
-            dot = "." if tag == "namedtuple" else ""
-            pairs = list(zip(children, stored, (f"{path}{dot}{name}" for name in names)))
-        elif tag in ("list", "tuple") and cls is (list if tag == "list" else tuple):
-            pairs = list(zip(children, stored, (f"{path}[{i}]" for i in range(len(stored)))))
-        elif _MAPPINGS.get(tag) is cls and not all(map(_is_leaf, children)):
+            pairs = list(zip(children, stored, (path + key for key in keys)))
+        elif SEQUENCES.get(tag) is cls:
+            pairs = list(zip(children, stored, (path + index_key(i) for i in range(len(stored)))))
+        elif MAPPINGS.get(tag) is cls and not all(map(_is_leaf, children)):
             try:  # like='s children are in its own key order; the file's in insertion order
                 by_key = {_static.decode(k, {}, path): c for k, c in zip(node["k"], stored)}
-                keys = aux[1] if cls is collections.defaultdict else aux
-                pairs = [(t, by_key[k], f"{path}[{k!r}]") for t, k in zip(children, keys)]
+                order = aux[1] if cls is collections.defaultdict else aux
+                pairs = [(t, by_key[k], path + dict_key(k)) for t, k in zip(children, order)]
             except (HeaderError, UnknownTypeError, TypeError, KeyError):
                 continue
         else:
             continue
         stack.extend(pair for pair in pairs if not _is_leaf(pair[0]))
     return sorted(differ)
-
-
-_MAPPINGS: dict[Any, type] = {  # tag -> class
-    "dict": dict,
-    "ordereddict": collections.OrderedDict,
-    "defaultdict": collections.defaultdict,
-}
 
 
 def _is_leaf(treedef: Any) -> bool:
@@ -569,9 +612,9 @@ def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
         if type(node) is int:
             continue
         children = node.get("c", []) if isinstance(node, dict) else None
-        if not isinstance(children, list) or (node.get("t") == "value" and "v" not in node):
+        if not isinstance(children, list) or (node.get("t") == Tag.VALUE and "v" not in node):
             raise HeaderError(f"malformed tree node {node!r:.80}")
-        if node.get("t") == "value":
+        if node.get("t") == Tag.VALUE:
             yield str(node.get("p", "")), node["v"]
         stack.extend(children)
 
