@@ -1,5 +1,6 @@
 """save/load/open: atomic streaming writes, memory-mapped zero-copy reads, lazy per-leaf access."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -499,3 +500,27 @@ def test_reader_repr_names_the_file_and_its_state(tmp_path):
     assert repr(reader) == f"<eqx_msg.Reader {str(path)!r}: 2 array leaves, open>"
     reader.close()
     assert repr(reader).endswith("2 array leaves, closed>")
+
+
+def test_the_load_options_are_one_set_spelled_out_once(tmp_path):
+    from eqx_msg import _options
+
+    names = set(_options.LoadOptions.__annotations__)
+    assert names == {f.name for f in dataclasses.fields(_options.Load)}
+    for fn in (eqx_msg.load, eqx_msg.loads, eqx_msg.Reader.load):
+        doc = fn.__doc__ or ""
+        assert "{options}" not in doc
+        assert all(f"- `{name}`:" in doc for name in names), fn
+    data = eqx_msg.dumps({"w": np.arange(3.0)})
+    path = tmp_path / "m.eqx"
+    path.write_bytes(data)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['devices'\\]"):
+        eqx_msg.load(path, devices=None)
+    with pytest.raises(TypeError, match="loads\\(\\)"):
+        eqx_msg.loads(data, fliter=None)
+    # The same options everywhere: loads filters and verifies, Reader.load verifies.
+    assert isinstance(eqx_msg.loads(data, filter=lambda p: False)["w"], jax.ShapeDtypeStruct)
+    with eqx_msg.open(path) as reader:
+        assert np.array_equal(reader.load(verify=True, as_numpy=True)["w"], np.arange(3.0))
+    with pytest.raises(eqx_msg.ShardingError, match="as_numpy"):
+        eqx_msg.loads(data, as_numpy=True, device=jax.devices()[0])

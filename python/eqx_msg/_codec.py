@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import equinox
 import jax
@@ -16,18 +17,23 @@ import msgpack
 import numpy as np
 import pydantic
 
-from . import _core, _leaves, _place, _registry, _sources, _static, _tree
+from . import _core, _leaves, _options, _place, _registry, _sources, _static, _tree
 from ._errors import (
     ClosedError,
     HeaderError,
+    KeyPathError,
     LayoutError,
     LimitError,
-    ShardingError,
     StructureMismatchError,
     UnserialisableError,
+    at,
     warn,
 )
 from ._header import FORMAT_NAME, Header, without_nil_optionals
+from ._options import Load, LoadOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 WRITER = {
     "eqx_msg": _core.__version__,
@@ -352,23 +358,14 @@ def validate_header(raw: dict[str, Any]) -> Header:
             raise HeaderError(f"the header does not match FORMAT.md: {problems}") from None
 
 
-def rebuild(
-    file: File,
-    *,
-    like: Any = None,
-    allow: Any = (),
-    device: Any = None,
-    sharding: Any = None,
-    select: Callable[[str], bool] | None = None,
-    as_numpy: bool = False,
-) -> Any:
-    """Rebuild the pytree of a validated file; arguments as for `load`."""
-    if as_numpy and (device is not None or sharding is not None):
-        raise ShardingError(
-            "as_numpy=True keeps arrays on the host: device= and sharding= do not apply"
-        )
-    allowed = _registry.allow_map(allow)
+def rebuild(file: File, load: Load) -> Any:
+    """Rebuild the pytree of a validated file with the options of `load`."""
+    if load.verify:
+        file.verify()
+    allowed = _registry.allow_map(load.allow)
     paths = file.header.paths
+    tree = decode_tree(file.header.tree())
+    select = selector(load.filter, lambda wanted: _tree.subtree_paths(tree, wanted))
     if select is None:
         hosts = file.arrays()
     else:  # leaves not selected are not read: no view is even made
@@ -378,17 +375,65 @@ def rebuild(
         for i, host in zip(chosen, file.arrays(chosen)):
             hosts[i] = host
     shardings = None
-    if sharding is not None:
+    if load.sharding is not None:
         records = file.records
         shardings = _place.resolve_shardings(
-            sharding, records, lambda i: _leaves.abstract_leaf(records[i])
+            load.sharding, records, lambda i: _leaves.abstract_leaf(records[i])
         )
-    tree = decode_tree(file.header.tree())
     with gc_paused():
-        leaves = _leaves.build_leaves(file.table, hosts, device, shardings, paths, as_numpy)
-        if like is None:
+        leaves = _leaves.build_leaves(
+            file.table, hosts, load.device, shardings, paths, load.as_numpy
+        )
+        if load.like is None:
             return _tree.unflatten(tree, leaves, allowed)
-        return match_like(like, tree, paths(), leaves, allowed)
+        return match_like(load.like, tree, paths(), leaves, allowed)
+
+
+def selector(
+    filter: Any, subtrees: Callable[[Iterable[str]], tuple[set[str], list[str]]]
+) -> Callable[[str], bool] | None:
+    """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools.
+
+    A pytree (an Equinox filter spec too, though a Module may be callable) must hold bools only, at
+    key paths of the file's tree (`subtrees(paths)`: which of `paths` are nodes, and the nodes on the
+    way whose children are not named): else `KeyPathError`.
+    """
+    try:
+        flat, treedef = jtu.tree_flatten_with_path(filter)
+    except (ValueError, TypeError) as err:  # e.g. a dict whose keys JAX cannot sort
+        raise KeyPathError(f"filter= is not a pytree JAX can flatten: {err}") from None
+    if filter is None or callable(filter) and jtu.treedef_is_leaf(treedef):
+        return filter
+    prefixes = [(jtu.keystr(p), v) for p, v in flat]
+    wrong = [
+        f"{at(prefix)}: {value!r}"
+        for prefix, value in prefixes
+        if not isinstance(value, bool | np.bool_)
+    ]
+    if wrong:
+        raise KeyPathError(
+            f"filter= takes a callable on key paths or a pytree of bools; it holds {wrong[:3]}"
+        )
+    known, opaque = subtrees([prefix for prefix, _ in prefixes])
+    unknown = [
+        prefix
+        for prefix, _ in prefixes
+        if prefix not in known and not any(prefix.startswith(o) for o in opaque)
+    ]
+    if unknown:
+        raise KeyPathError(f"filter= names key paths that are not in the file: {unknown[:5]}")
+
+    def select(path: str) -> bool:
+        chosen = False
+        best = -1
+        for prefix, value in prefixes:
+            if (path == prefix or path.startswith(prefix) and path[len(prefix)] in "[.") and len(
+                prefix
+            ) > best:
+                chosen, best = value, len(prefix)
+        return chosen
+
+    return select
 
 
 def match_like(
@@ -507,36 +552,29 @@ def _host_arrays(planned: Plan) -> list[np.ndarray | None]:
     ]
 
 
-def loads(
-    data: Any, *, like: Any = None, allow: Any = (), as_numpy: bool = False, verify: bool = False
-) -> Any:
-    """Rebuild a pytree from eqx_msg bytes (bytes, bytearray, memoryview or mmap).
+@_options.documented
+def loads(data: Any, **options: Unpack[LoadOptions]) -> Any:
+    """Rebuild a pytree from eqx_msg bytes (bytes, bytearray, memoryview, mmap, numpy array).
 
     **Arguments:**
     - `data`: the bytes of a file written by `dumps` or `save`.
-    - `like`: optional pytree (or `eqx.filter_eval_shape` skeleton) whose structure and static
-      fields to use (a warning names the nodes whose static fields differ from the file's); leaves
-      are matched by key path, and every missing or extra key path and every shape or dtype mismatch
-      is reported in one `StructureMismatchError`.
-    - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
-    - `as_numpy`: every array leaf as a read-only numpy view, jax leaves included (typed PRNG keys
-      stay jax key arrays: numpy has none); nothing goes to a device.
-    - `verify`: first check every byte against the file's checksums (`eqx_msg.verify`), so that
-      damaged data raises `ChecksumError` instead of loading. The prefix and header are always
-      checked.
+    {options}
 
     **Returns:** the pytree. numpy leaves are read-only views into `data` (no copy); jax leaves are
     placed on the default device (on the CPU they alias `data` when it is 64-byte aligned, e.g. an
-    mmap). Leave a writable `data` unchanged while the tree is in use.
+    mmap; misaligned bytes are copied once, in parallel). Leave a writable `data` unchanged while
+    the tree is in use.
     """
+    load = Load.of(options, "loads")
     file = File(as_bytes_array(data))
-    if verify:
+    if load.verify:  # (before the copy: the bytes given are the ones checked)
         file.verify()
-    if not as_numpy and _worth_aligning(file):  # (numpy views need no alignment)
+        load = dataclasses.replace(load, verify=False)
+    if not load.as_numpy and _worth_aligning(file):  # (numpy views need no alignment)
         copy, offset = _core.aligned_copy(file.buf, _core.MIN_ALIGNMENT)
         file.buf = copy[offset : offset + len(file.buf)]
         file.buf.flags.writeable = False
-    return rebuild(file, like=like, allow=allow, as_numpy=as_numpy)
+    return rebuild(file, load)
 
 
 def _worth_aligning(file: File) -> bool:

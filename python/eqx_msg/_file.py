@@ -11,15 +11,18 @@ import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import jax
-import jax.tree_util as jtu
 import numpy as np
 
-from . import _codec, _core, _leaves, _place, _registry, _sources, _tree
-from ._errors import ClosedError, KeyPathError, LayoutError, LengthError, at
+from . import _codec, _core, _leaves, _options, _place, _registry, _sources, _tree
+from ._errors import ClosedError, KeyPathError, LayoutError, LengthError
 from ._header import Header
+from ._options import Load, LoadOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PathLike = str | os.PathLike[str]
 _ZEROS = memoryview(bytes(1 << 20))
@@ -428,51 +431,22 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def load(
-    source: PathLike | Any,
-    *,
-    like: Any = None,
-    allow: Any = (),
-    device: Any = None,
-    sharding: Any = None,
-    filter: Any = None,
-    as_numpy: bool = False,
-    verify: bool = False,
-) -> Any:
+@_options.documented
+def load(source: PathLike | Any, **options: Unpack[LoadOptions]) -> Any:
     """Load a pytree from a file by memory-mapping it: nothing is read until it is used.
 
     **Arguments:**
     - `source`: the file: a path (memory-mapped), or anything `eqx_msg.open` takes (bytes, a
       binary file object, an object with `read_into`), read by range.
-    - `like`, `allow`: as for `eqx_msg.loads`.
-    - `device`: where jax leaves go (default: JAX's default device). On the CPU they alias the map.
-    - `sharding`: a `jax.sharding.Sharding` for every jax leaf, a pytree of them matched by key path,
-      a callable `(key_path, ShapeDtypeStruct) -> Sharding | None`, or `"saved"` for the layout each
-      leaf was saved with. Each device reads only its own slice of the map.
-    - `filter`: a predicate on key path strings, or a pytree prefix of bools (e.g.
-      `{"encoder": True, "decoder": False}`); leaves not selected are not read and come back as
-      `jax.ShapeDtypeStruct`.
-    - `as_numpy`: every array leaf as a read-only numpy view into the map, jax leaves included
-      (typed PRNG keys stay jax key arrays: numpy has none); nothing goes to a device.
-    - `verify`: first check every byte of the file against its checksums (`Reader.verify`), so that
-      a damaged file raises `ChecksumError` instead of loading; this reads the whole file. The
-      prefix and header are checked on every load.
+    {options}
 
     **Returns:** the pytree. numpy leaves are read-only views into the map, which stays open while any
     array uses it. Replace the file only with `save` (a rename) while they are in use: writing into
     it in place (`cp`, truncation) changes them, or ends the process with SIGBUS.
     """
+    load = Load.of(options, "load")
     with open(source) as reader:
-        if verify:
-            reader.verify()
-        return reader.load(
-            like=like,
-            allow=allow,
-            device=device,
-            sharding=sharding,
-            filter=filter,
-            as_numpy=as_numpy,
-        )
+        return _codec.rebuild(reader._file, load)
 
 
 def verify(source: Any) -> None:
@@ -618,27 +592,16 @@ class Reader:
             tree = _codec.decode_tree(self._file.header.tree())
             return _tree.unflatten(tree, leaves, _registry.allow_map(allow))
 
-    def load(
-        self,
-        *,
-        like: Any = None,
-        allow: Any = (),
-        device: Any = None,
-        sharding: Any = None,
-        filter: Any = None,
-        as_numpy: bool = False,
-    ) -> Any:
-        """The whole pytree, or the part `filter` selects; arguments as for `eqx_msg.load`."""
+    @_options.documented
+    def load(self, **options: Unpack[LoadOptions]) -> Any:
+        """The whole pytree, or the part `filter` selects.
+
+        **Arguments:**
+        {options}
+        """
+        load = Load.of(options, "Reader.load")
         self._check_open()
-        return _codec.rebuild(
-            self._file,
-            like=like,
-            allow=allow,
-            device=device,
-            sharding=sharding,
-            select=_selector(filter, self._subtree_paths),
-            as_numpy=as_numpy,
-        )
+        return _codec.rebuild(self._file, load)
 
     def close(self) -> None:
         """Drop the reader's references to the map; arrays still using it keep it alive.
@@ -766,53 +729,6 @@ def _row_window(first: Any, n: int) -> tuple[int, int, Any] | None:
         return 0, 0, rows
     low = int(rows.min())
     return low, int(rows.max()) + 1, rows - low
-
-
-def _selector(
-    filter: Any, subtrees: Callable[[Iterable[str]], tuple[set[str], list[str]]]
-) -> Callable[[str], bool] | None:
-    """A key-path predicate from `filter=`: a callable, or a pytree prefix of bools.
-
-    A pytree (an Equinox filter spec too, though a Module may be callable) must hold bools only, at
-    key paths of the file's tree (`subtrees(paths)`: which of `paths` are nodes, and the nodes on the
-    way whose children are not named): else `KeyPathError`.
-    """
-    try:
-        flat, treedef = jtu.tree_flatten_with_path(filter)
-    except (ValueError, TypeError) as err:  # e.g. a dict whose keys JAX cannot sort
-        raise KeyPathError(f"filter= is not a pytree JAX can flatten: {err}") from None
-    if filter is None or callable(filter) and jtu.treedef_is_leaf(treedef):
-        return filter
-    prefixes = [(jtu.keystr(p), v) for p, v in flat]
-    wrong = [
-        f"{at(prefix)}: {value!r}"
-        for prefix, value in prefixes
-        if not isinstance(value, bool | np.bool_)
-    ]
-    if wrong:
-        raise KeyPathError(
-            f"filter= takes a callable on key paths or a pytree of bools; it holds {wrong[:3]}"
-        )
-    known, opaque = subtrees([prefix for prefix, _ in prefixes])
-    unknown = [
-        prefix
-        for prefix, _ in prefixes
-        if prefix not in known and not any(prefix.startswith(o) for o in opaque)
-    ]
-    if unknown:
-        raise KeyPathError(f"filter= names key paths that are not in the file: {unknown[:5]}")
-
-    def select(path: str) -> bool:
-        chosen = False
-        best = -1
-        for prefix, value in prefixes:
-            if (path == prefix or path.startswith(prefix) and path[len(prefix)] in "[.") and len(
-                prefix
-            ) > best:
-                chosen, best = value, len(prefix)
-        return chosen
-
-    return select
 
 
 _builtin_open = builtins.open

@@ -103,6 +103,8 @@ def child_keys(node: dict[str, Any], where: str) -> list[str] | None:
     tag, children = node.get("t"), node.get("c", [])
     if not isinstance(children, list):
         raise HeaderError(f"{at(where)}: malformed tree node {node!r:.80}")
+    if not isinstance(tag, str):  # (the builder refuses it; here it has no children)
+        return []
     if tag in SEQUENCES:
         return [index_key(i) for i in range(len(children))]
     if tag in MAPPINGS:
