@@ -302,6 +302,8 @@ class _Builder:
             if tag == "none":
                 return None
             if tag == "value":
+                if type(node.get("p", "")) is not str:
+                    raise HeaderError(f"{at(where)}: a value node's key path p is a str")
                 return _static.decode(node["v"], self.allow, where)
             if tag == "node":
                 return self.custom(node, where)
@@ -426,6 +428,8 @@ _CHANGED = (
 def _check_keys(node: dict[str, Any], now: list[str], where: Where) -> None:
     """Refuse a node whose saved child keys differ from what its class has now."""
     saved = node.get("keys")
+    if saved is not None and not (type(saved) is list and all(type(k) is str for k in saved)):
+        raise HeaderError(f"{at(where)}: a node's keys are an array of str, not {saved!r:.60}")
     if saved is not None and saved != now:
         raise StructureMismatchError(
             f"{at(where)}: the file's {node.get('cls')} has children {saved}, but the class "
