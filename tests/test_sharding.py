@@ -143,38 +143,78 @@ GOOD_RECORD = {"mesh_axes": ["x", "y"], "mesh_shape": [4, 2], "device_ids": list
 @pytest.mark.parametrize(
     "edit, match",
     [
-        ({"mesh_shape": [0]}, "malformed sharding record"),  # an empty mesh aborted jaxlib
-        ({"mesh_shape": [0, 0], "device_ids": []}, "malformed sharding record"),
-        ({"mesh_axes": ["x", "x"]}, "malformed sharding record"),
-        ({"mesh_axes": ["x"]}, "malformed sharding record"),
-        ({"device_ids": [0] * 8}, "malformed sharding record"),
-        ({"device_ids": [0, 1]}, "malformed sharding record"),
-        ({"spec": ["z"]}, "malformed sharding record"),
-        ({"spec": ["x", "x"]}, "malformed sharding record"),
-        ({"spec": [1]}, "malformed sharding record"),
-        ({"mesh_axes": None}, "malformed sharding record"),
-        ({"spec": ["x", None, None]}, "does not split shape"),  # longer than the array's rank
-        (
-            {"mesh_shape": [8, 1], "spec": [None, "x"]},
-            "does not split shape",
-        ),  # 8 over 8 columns: fine
-        ({"spec": [None, "x"]}, "does not split shape"),  # 4 shards of 6 columns
-        ({"memory_kind": "bogus"}, "does not fit here"),
-        ({"memory_kind": 1}, "malformed sharding record"),
+        ({"mesh_shape": [0]}, "1 entries for the 2"),
+        ({"mesh_shape": [0, 2]}, "an int >= 1, found int 0"),  # an empty mesh aborted jaxlib
+        ({"mesh_shape": [0, 0], "device_ids": []}, "an int >= 1"),
+        ({"mesh_axes": ["x", "x"]}, 'names the axis "x" more than once'),
+        ({"mesh_axes": ["x"]}, "has 2 entries for the 1 entries of"),
+        ({"device_ids": [0] * 8}, "the id 0 more than once"),
+        ({"device_ids": [0, 1]}, "holds 2, but a mesh of shape \\[4, 2\\] has more places"),
+        ({"spec": ["z"]}, "not one of the mesh axes"),
+        ({"spec": ["x", "x"]}, 'the mesh axis "x" more than once'),
+        ({"spec": [1]}, "entry 0: expected nil, an axis name or an array of axis names"),
+        ({"mesh_axes": None}, '"mesh_axes" is missing'),
+        ({"spec": ["x", None, None]}, "3 entries, more than the 2 dimensions"),
+        ({"spec": [None, "x"]}, "splits dimension 1 \\(6\\) into 4 parts"),  # uneven
+        ({"memory_kind": 1}, "memory_kind"),
     ],
 )
-def test_a_malformed_saved_sharding_is_a_sharding_error(edit, match, tmp_path):
+def test_a_malformed_sharding_record_is_refused_by_every_entry_point(edit, match, tmp_path):
     record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
               "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
     header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
               "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
     path = tmp_path / "bad.eqx"
     path.write_bytes(frame(header, bytes(192)))
-    assert eqx_msg.load(path)["w"].shape == (8, 6)  # the record is used only for sharding="saved"
+    # The Rust core checks the record when the file is opened (FORMAT.md section 7).
+    match = rf"leaf 0 \(path \"\['w'\]\"\) field \"sharding\": .*(?:{match})"
+    loads = lambda p: eqx_msg.loads(p.read_bytes())  # noqa: E731
+    for read in (eqx_msg.load, eqx_msg.open, eqx_msg.header, loads):
+        with pytest.raises(eqx_msg.HeaderError, match=match):
+            read(path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"mesh_shape": [8, 1], "spec": [None, None]},
+        {"mesh_shape": [8, 1], "spec": ["x"]},  # 8 rows over 8 devices
+        {"mesh_shape": [2, 4], "spec": [None, ["x"]]},  # 6 columns over 2
+        {"spec": [["x", "y"]]},  # 8 rows over 8
+        {"spec": []},
+    ],
+)
+def test_an_even_sharding_record_loads_as_saved(edit, tmp_path):
+    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
+              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
+              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
+    path = tmp_path / "ok.eqx"
+    path.write_bytes(frame(header, bytes(192)))
+    loaded = eqx_msg.load(path, sharding="saved")["w"]
+    spec = [tuple(e) if isinstance(e, list) else e for e in edit["spec"]]
+    assert loaded.shape == (8, 6) and loaded.sharding.spec == P(*spec)
+    assert eqx_msg.header(path).leaves[0].sharding.mesh_shape == edit.get("mesh_shape", [4, 2])
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"memory_kind": "bogus"}, "does not fit here"),
+        ({"device_ids": list(range(100, 108))}, "are not present here"),
+    ],
+)
+def test_a_saved_sharding_these_devices_cannot_hold_is_a_sharding_error(edit, match, tmp_path):
+    # A valid record (every entry point opens the file) that only sharding="saved" cannot rebuild.
+    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
+              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
+              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
+    path = tmp_path / "bad.eqx"
+    path.write_bytes(frame(header, bytes(192)))
+    assert eqx_msg.load(path)["w"].shape == (8, 6)
+    assert eqx_msg.header(path).leaves[0].sharding is not None
     with pytest.raises(eqx_msg.ShardingError, match=match):
         eqx_msg.load(path, sharding="saved")
     with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.ShardingError, match=match):
         reader.get("['w']", sharding="saved")
-    if match == "malformed sharding record":  # the header model checks the record on its own
-        with pytest.raises(eqx_msg.HeaderError, match="sharding"):
-            eqx_msg.header(path)

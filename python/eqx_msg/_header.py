@@ -1,8 +1,9 @@
 """The header as pydantic models: the documented schema of FORMAT.md sections 2-4 and 7.
 
-`Header.model_json_schema()` is published as `docs/header.schema.json`. Byte-range rules (alignment,
-bounds, overlap, sizes, dtype names) are checked by the Rust core before any model is built; these models
-check the shapes and types of the fields, and give readers a typed view of a file.
+`Header.model_json_schema()` is published as `docs/header.schema.json`. The rules of the header and
+its leaf records (byte ranges, sizes, dtype names, sharding records, where ext values may occur) are
+checked by the Rust core before any model is built; these models type the fields and give readers a
+typed view of a file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pydantic import (
     NonNegativeInt,
     PlainSerializer,
     WithJsonSchema,
-    model_validator,
 )
 
 from . import _core
@@ -32,42 +32,18 @@ class _Model(BaseModel):
 
 
 class ShardingSpec(_Model):
-    """How a jax.Array was laid out over devices when saved (a `NamedSharding`)."""
+    """How a jax.Array was laid out over devices when saved (a `NamedSharding`, FORMAT.md section 7).
+
+    The Rust core checks the record (distinct axes and devices, one id per mesh place, a spec that
+    names mesh axes at most once each and splits every dimension evenly) when the file is opened,
+    before any model is built: these fields only type it.
+    """
 
     mesh_axes: list[str]
     mesh_shape: list[Annotated[int, Field(strict=True, ge=1)]]
     device_ids: list[Annotated[int, Field(strict=True)]]
     spec: list[str | list[str] | None]
     memory_kind: str | None = None
-
-    @model_validator(mode="after")
-    def _a_mesh(self) -> ShardingSpec:
-        """A mesh of distinct axes and devices, and a spec that names each of its axes at most once."""
-        axes, sizes, ids = self.mesh_axes, self.mesh_shape, self.device_ids
-        if len(set(axes)) != len(axes) or len(sizes) != len(axes):
-            raise ValueError(f"mesh_axes {axes} must be distinct, one per mesh_shape entry {sizes}")
-        if len(set(ids)) != len(ids) or len(ids) != _bounded_prod(sizes, len(ids)):
-            raise ValueError(
-                f"device_ids must be distinct, one per place of a mesh of shape {sizes[:8]}"
-                f"{'...' if len(sizes) > 8 else ''}; there are {len(ids)}"
-            )
-        used = [
-            a for entry in self.spec for a in ([entry] if isinstance(entry, str) else entry or [])
-        ]
-        if len(set(used)) != len(used) or not set(used) <= set(axes):
-            raise ValueError(f"spec {self.spec} must name mesh axes of {axes}, each at most once")
-        return self
-
-
-def _bounded_prod(sizes: list[int], bound: int) -> int:
-    """`math.prod(sizes)`, or `bound + 1` as soon as the product passes `bound` (sizes are >= 1):
-    linear in `len(sizes)`, never a big-number product a file chooses."""
-    product = 1
-    for size in sizes:
-        product *= size
-        if product > bound:
-            return bound + 1
-    return product
 
 
 class LeafSpec(_Model):
@@ -165,7 +141,10 @@ class CustomNode(_Model):
 
 # An array leaf is a bare integer (an index into Header.leaves); every other node is a map tagged "t".
 Node = (
-    Annotated[NonNegativeInt, Field(description="an array leaf: an index into Header.leaves")]
+    Annotated[
+        NonNegativeInt,
+        Field(strict=True, description="an array leaf: an index into Header.leaves"),
+    ]
     | Annotated[
         NoneNode
         | ValueNode

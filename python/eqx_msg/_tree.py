@@ -372,6 +372,8 @@ class _Builder:
             if tag == Tag.NONE:
                 return None
             if tag == Tag.VALUE:
+                if type(node.get("p", "")) is not str:
+                    raise HeaderError(f"{at(where)}: a value node's key path p must be a str")
                 return _static.decode(node["v"], self.allow, where)
             if tag == Tag.NODE:
                 return self.custom(node, where)
@@ -496,6 +498,8 @@ _CHANGED = (
 def _check_keys(node: dict[str, Any], now: list[str], where: Where) -> None:
     """Refuse a node whose saved child keys differ from what its class has now."""
     saved = node.get("keys")
+    if saved is not None and not (type(saved) is list and all(type(k) is str for k in saved)):
+        raise HeaderError(f"{at(where)}: a node's keys are an array of str, not {saved!r:.60}")
     if saved is not None and saved != now:
         raise StructureMismatchError(
             f"{at(where)}: the file's {node.get('cls')} has children {saved}, but the class "

@@ -129,10 +129,9 @@ def test_a_huge_mesh_is_refused_without_multiplying_it_out(tmp_path):
     data = hostile.big_mesh(2000)
     path = tmp_path / "m.eqx"
     path.write_bytes(data)
-    with eqx_msg.open(path) as reader, pytest.raises(eqx_msg.HeaderError, match="device_ids"):
-        _ = reader.header
-    with pytest.raises(eqx_msg.EqxMsgError):
-        eqx_msg.load(path, sharding="saved")
+    for read in (eqx_msg.open, eqx_msg.load, eqx_msg.header):  # the core refuses it at open
+        with pytest.raises(eqx_msg.HeaderError, match="device_ids.*more places than that"):
+            read(path)
 
 
 @pytest.mark.parametrize("node", ["namedtuple", "partial"])

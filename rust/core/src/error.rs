@@ -126,6 +126,28 @@ pub enum Error {
         /// The repeated key.
         key: String,
     },
+    /// A msgpack ext value outside `metadata`, the only place ext values may occur.
+    ExtOutsideMetadata {
+        /// Where it is (the header field, the ext type and the header byte).
+        location: String,
+    },
+    /// A leaf's `sharding` record breaks a rule of FORMAT.md section 7.
+    BadSharding {
+        /// The leaf.
+        leaf: LeafRef,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A leaf shape whose item size times its nonzero dimensions exceeds `2**63 - 1` bytes: no
+    /// numpy array or XLA shape can have it, even with no elements.
+    ShapeTooLarge {
+        /// The leaf.
+        leaf: LeafRef,
+        /// Its dtype name.
+        dtype: String,
+        /// Its shape.
+        shape: Vec<u64>,
+    },
     /// A map that must have string keys has another key type.
     NonStringKey {
         /// The map.
@@ -371,13 +393,17 @@ impl Error {
             TruncatedPrefix { .. } | TruncatedHeader { .. } | FileLength { .. } => {
                 ErrorKind::Length
             }
-            HeaderTooLong { .. } | TooDeep { .. } | TooManyDims { .. } => ErrorKind::Limit,
+            HeaderTooLong { .. } | TooDeep { .. } | TooManyDims { .. } | ShapeTooLarge { .. } => {
+                ErrorKind::Limit
+            }
             Msgpack { .. }
             | HeaderTrailing { .. }
             | WrongType { .. }
             | MissingField { .. }
             | DuplicateKey { .. }
             | NonStringKey { .. }
+            | ExtOutsideMetadata { .. }
+            | BadSharding { .. }
             | BadFormat { .. }
             | UnknownKind { .. }
             | BadKeyImpl { .. }
@@ -406,6 +432,9 @@ impl Error {
     pub(crate) fn in_field(self, field: &str) -> Error {
         match self {
             Error::TooDeep { location } => Error::TooDeep {
+                location: format!("in header field {field:?}: {location}"),
+            },
+            Error::ExtOutsideMetadata { location } => Error::ExtOutsideMetadata {
                 location: format!("in header field {field:?}: {location}"),
             },
             other => other,
@@ -490,6 +519,16 @@ impl fmt::Display for Error {
             } => write!(f, "{field}: expected {expected}, found {found}"),
             MissingField { field } => write!(f, "{field} is missing"),
             DuplicateKey { map, key } => write!(f, "{map} has the key {key:?} more than once"),
+            ExtOutsideMetadata { location } => write!(
+                f,
+                "{location}: msgpack ext values may occur only in the header's metadata"
+            ),
+            BadSharding { leaf, reason } => write!(f, "{leaf} field \"sharding\": {reason}"),
+            ShapeTooLarge { leaf, dtype, shape } => write!(
+                f,
+                "{leaf}: shape {shape:?} of dtype {dtype} is too large for a numpy array or an \
+                 XLA shape: its item size times its nonzero dimensions exceed 2**63 - 1 bytes"
+            ),
             NonStringKey { map, found } => {
                 write!(f, "{map} has a non-string key ({found}); keys must be str")
             }

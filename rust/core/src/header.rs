@@ -133,7 +133,7 @@ const ROOT_VALUES: usize = 2;
 /// Level of a leaf record's values (header map, `leaves` array, record map, value).
 const LEAF_VALUES: usize = 4;
 
-const LEAF_KEYS: [&str; 8] = [
+const LEAF_KEYS: [&str; 9] = [
     "path",
     "kind",
     "dtype",
@@ -142,6 +142,7 @@ const LEAF_KEYS: [&str; 8] = [
     "nbytes",
     "weak_type",
     "key_impl",
+    "sharding",
 ];
 const ROOT_KEYS: [&str; 10] = [
     "format",
@@ -184,6 +185,7 @@ fn leaf_key(key: &str) -> Option<usize> {
         "nbytes" => 5,
         "weak_type" => 6,
         "key_impl" => 7,
+        "sharding" => 8,
         _ => return None,
     })
 }
@@ -222,6 +224,11 @@ impl<'a> Header<'a> {
                     c.skip(ROOT_VALUES).map_err(|e| in_field(e.into()))?;
                 }
                 Some(4) => leaves = parse_leaves(&mut c).map_err(in_field)?,
+                // Ext values may occur in metadata only (FORMAT.md section 2).
+                Some(6) => {
+                    let value = c.allowing_ext(|c| c.raw(ROOT_VALUES));
+                    raw[1] = Some(value.map_err(|e| in_field(e.into()))?);
+                }
                 Some(k @ 5..=7) => {
                     raw[k - 5] = Some(c.raw(ROOT_VALUES).map_err(|e| in_field(e.into()))?);
                 }
@@ -270,9 +277,17 @@ impl<'a> Header<'a> {
             return Err(wrong(&field(5), "map or leaf index", &found));
         }
         let writer = writer.filter(|v| !v.is_nil()); // nil counts as absent (FORMAT.md section 2)
-        if let Some(v) = writer.filter(|v| !v.is_map()) {
-            let found = Cursor::at(v.as_bytes(), 0).next()?;
-            return Err(wrong(&field(7), "map", &found));
+        if let Some(v) = writer {
+            let mut w = Cursor::at(v.as_bytes(), 0);
+            match w.next()? {
+                Token::Map(n) => {
+                    for _ in 0..n {
+                        map_key(&mut w, || field(7))?;
+                        w.skip(ROOT_VALUES + 1)?;
+                    }
+                }
+                found => return Err(wrong(&field(7), "map", &found)),
+            }
         }
         let checksums = checksums(bytes, at[8], at[9], leaves.len())?;
         Ok(Header {
@@ -483,14 +498,31 @@ fn leaf_nbytes(i: usize, leaf: &LeafSpec) -> Result<u64> {
             ndim: leaf.shape.len(),
         });
     }
-    dtype::nbytes_for_bits(bits, &leaf.shape).ok_or_else(|| Error::SizeOverflow {
+    let nbytes = dtype::nbytes_for_bits(bits, &leaf.shape).ok_or_else(|| Error::SizeOverflow {
         what: format!(
             "{}: the byte length of dtype {} and shape {:?}",
             lr(),
             leaf.dtype,
             leaf.shape
         ),
-    })
+    })?;
+    // numpy and XLA refuse a shape whose item size (packed dtypes unpack to 1-byte items) times
+    // its nonzero dimensions passes 2**63 - 1, even with no elements: every kind, abstract too.
+    let itemsize = u64::from(bits.div_ceil(8).max(1));
+    let fits = leaf
+        .shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(itemsize, |acc, &d| acc.checked_mul(d))
+        .is_some_and(|size| size <= i64::MAX as u64);
+    if !fits {
+        return Err(Error::ShapeTooLarge {
+            leaf: lr(),
+            dtype: leaf.dtype.clone(),
+            shape: leaf.shape.clone(),
+        });
+    }
+    Ok(nbytes)
 }
 
 /// Parses the `leaves` array, one record at a time, reusing one scratch key list.
@@ -518,8 +550,9 @@ fn parse_leaf<'a>(c: &mut Cursor<'a>, i: usize, keys: &mut Vec<&'a str>) -> Resu
     // path first and errors can name the leaf's path.
     // Known keys are checked for repeats as they come; unknown ones are collected in `keys`.
     keys.clear();
-    let mut tok: [Option<Token<'a>>; 8] = [None; 8];
+    let mut tok: [Option<Token<'a>>; 9] = [None; 9];
     let mut shape_at = 0;
+    let mut sharding_at = 0;
     for _ in 0..n {
         let key = map_key(c, || format!("leaf {i}"))?;
         match leaf_key(key) {
@@ -529,6 +562,8 @@ fn parse_leaf<'a>(c: &mut Cursor<'a>, i: usize, keys: &mut Vec<&'a str>) -> Resu
                 }
                 if k == 3 {
                     shape_at = c.pos();
+                } else if k == 8 {
+                    sharding_at = c.pos();
                 }
                 let t = c.next()?;
                 c.skip_items(&t, LEAF_VALUES)?;
@@ -600,6 +635,15 @@ fn parse_leaf<'a>(c: &mut Cursor<'a>, i: usize, keys: &mut Vec<&'a str>) -> Resu
     let key_impl = optional(7)?
         .map(|t| str_field(&t, || field(7)).map(str::to_owned))
         .transpose()?;
+    if optional(8)?.is_some() {
+        // The rank the spec splits: a key array's is its key data's without the impl's dims.
+        let rank = match key_impl.as_deref().map(key_data_ndim) {
+            Some(Some(k)) => shape.len().saturating_sub(k),
+            _ => shape.len(),
+        };
+        check_sharding(Cursor::at(c.buf(), sharding_at), &shape[..rank])
+            .map_err(|reason| Error::BadSharding { leaf: lr(), reason })?;
+    }
     Ok(LeafSpec {
         path: path.to_owned(),
         kind,
@@ -610,6 +654,211 @@ fn parse_leaf<'a>(c: &mut Cursor<'a>, i: usize, keys: &mut Vec<&'a str>) -> Resu
         weak_type,
         key_impl,
     })
+}
+
+/// The number of trailing key data dimensions of a PRNG impl FORMAT.md section 3 names (`None`
+/// for another name: eqx_msg's Python side, where JAX knows the impls, refuses one it lacks).
+fn key_data_ndim(key_impl: &str) -> Option<usize> {
+    matches!(key_impl, "threefry2x32" | "rbg" | "unsafe_rbg").then_some(1)
+}
+
+/// Checks a leaf's `sharding` record (FORMAT.md section 7), read from `c` (already checked as
+/// msgpack), against `dims`, the dimensions of the array it lays out. `Err` says what is wrong.
+fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), String> {
+    const KEYS: [&str; 5] = [
+        "mesh_axes",
+        "mesh_shape",
+        "device_ids",
+        "spec",
+        "memory_kind",
+    ];
+    let syntax = |e: crate::msgpack::SyntaxError| Error::from(e).to_string();
+    let n = match c.next().map_err(syntax)? {
+        Token::Map(n) => n,
+        other => return Err(format!("expected a map, found {}", other.describe())),
+    };
+    // Where each known key's value starts; unknown keys are skipped (and checked for repeats).
+    let mut at: [Option<usize>; 5] = [None; 5];
+    let mut unknown: Vec<&str> = Vec::new();
+    for _ in 0..n {
+        let key = match c.next().map_err(syntax)? {
+            Token::Str(s) => s,
+            other => return Err(format!("a non-string key ({})", other.describe())),
+        };
+        match KEYS.iter().position(|k| *k == key) {
+            Some(k) if at[k].is_some() => return Err(format!("the key {key:?} more than once")),
+            Some(k) => at[k] = Some(c.pos()),
+            None => unknown.push(key),
+        }
+        c.skip(LEAF_VALUES + 1).map_err(syntax)?;
+    }
+    check_unique(&mut unknown, String::new).map_err(|e| match e {
+        Error::DuplicateKey { key, .. } => format!("the key {key:?} more than once"),
+        other => other.to_string(),
+    })?;
+    // The value of key `k` (`None` if absent or nil), as a cursor after its first token.
+    let value = |k: usize| -> std::result::Result<Option<(Token<'_>, Cursor<'_>)>, String> {
+        let Some(pos) = at[k] else { return Ok(None) };
+        let mut v = Cursor::at(c.buf(), pos);
+        Ok(match v.next().map_err(syntax)? {
+            Token::Nil => None,
+            t => Some((t, v)),
+        })
+    };
+    let array = |k: usize| -> std::result::Result<(usize, Cursor<'_>), String> {
+        match value(k)? {
+            Some((Token::Array(n), v)) => Ok((n, v)),
+            Some((other, _)) => Err(format!(
+                "{:?}: expected an array, found {}",
+                KEYS[k],
+                other.describe()
+            )),
+            None => Err(format!("{:?} is missing", KEYS[k])),
+        }
+    };
+    let (n_axes, mut v) = array(0)?;
+    let mut axes: Vec<&str> = Vec::with_capacity(n_axes);
+    for _ in 0..n_axes {
+        match v.next().map_err(syntax)? {
+            Token::Str(s) => axes.push(s),
+            other => {
+                return Err(format!(
+                    "\"mesh_axes\": expected str, found {}",
+                    other.describe()
+                ))
+            }
+        }
+    }
+    // The axes by name, with their positions: linear-logarithmic in a mesh of many axes.
+    let mut by_name: Vec<(&str, usize)> = axes.iter().copied().zip(0..).collect();
+    by_name.sort_unstable();
+    if let Some(w) = by_name.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format!(
+            "\"mesh_axes\" names the axis {:?} more than once",
+            w[0].0
+        ));
+    }
+    let (n_sizes, mut v) = array(1)?;
+    if n_sizes != n_axes {
+        return Err(format!(
+            "\"mesh_shape\" has {n_sizes} entries for the {n_axes} entries of \"mesh_axes\""
+        ));
+    }
+    let mut sizes = Vec::with_capacity(n_sizes);
+    for _ in 0..n_sizes {
+        match v.next().map_err(syntax)? {
+            Token::UInt(s) if s >= 1 => sizes.push(s),
+            other => {
+                return Err(format!(
+                    "\"mesh_shape\": expected an int >= 1, found {}",
+                    other.describe()
+                ))
+            }
+        }
+    }
+    let (n_ids, mut v) = array(2)?;
+    // The mesh's places: computed only up to the number of ids (a huge mesh is not multiplied out).
+    let places = sizes.iter().try_fold(1u64, |p, &s| {
+        p.checked_mul(s).filter(|&p| p <= n_ids as u64)
+    });
+    if places != Some(n_ids as u64) {
+        let shape = format!(
+            "{:?}{}",
+            &sizes[..sizes.len().min(8)],
+            if sizes.len() > 8 { "..." } else { "" }
+        );
+        let has = places.map_or("more places than that".to_owned(), |p| {
+            format!("{p} places")
+        });
+        return Err(format!(
+            "\"device_ids\" must hold one id per mesh place: it holds {n_ids}, but a mesh of \
+             shape {shape} has {has}"
+        ));
+    }
+    let mut ids: Vec<i128> = Vec::with_capacity(n_ids);
+    for _ in 0..n_ids {
+        match v.next().map_err(syntax)? {
+            Token::UInt(u) => ids.push(i128::from(u)),
+            Token::NegInt(i) => ids.push(i128::from(i)),
+            other => {
+                return Err(format!(
+                    "\"device_ids\": expected int, found {}",
+                    other.describe()
+                ))
+            }
+        }
+    }
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "\"device_ids\" holds the id {} more than once",
+            w[0]
+        ));
+    }
+    let (n_spec, mut v) = array(3)?;
+    if n_spec > dims.len() {
+        return Err(format!(
+            "\"spec\" has {n_spec} entries, more than the {} dimensions of the array",
+            dims.len()
+        ));
+    }
+    let mut used = vec![false; axes.len()];
+    let mut names: Vec<&str> = Vec::new();
+    for (d, &dim) in dims.iter().take(n_spec).enumerate() {
+        // The axes dimension `d` is split over: nil, one axis name, or an array of them.
+        names.clear();
+        let not_an_entry = |t: &Token<'_>| {
+            format!(
+                "\"spec\" entry {d}: expected nil, an axis name or an array of axis names, found {}",
+                t.describe()
+            )
+        };
+        match v.next().map_err(syntax)? {
+            Token::Nil => {}
+            Token::Str(s) => names.push(s),
+            Token::Array(n) => {
+                for _ in 0..n {
+                    match v.next().map_err(syntax)? {
+                        Token::Str(s) => names.push(s),
+                        other => return Err(not_an_entry(&other)),
+                    }
+                }
+            }
+            other => return Err(not_an_entry(&other)),
+        }
+        let mut parts: u64 = 1;
+        for name in &names {
+            let found = by_name.binary_search_by(|(x, _)| x.cmp(name));
+            let Ok(a) = found.map(|k| by_name[k].1) else {
+                return Err(format!(
+                    "\"spec\" entry {d} names {name:?}, which is not one of the mesh axes {axes:?}"
+                ));
+            };
+            if std::mem::replace(&mut used[a], true) {
+                return Err(format!(
+                    "\"spec\" names the mesh axis {name:?} more than once"
+                ));
+            }
+            // A product of distinct axes' sizes divides the number of places: no overflow.
+            parts = parts.saturating_mul(sizes[a]);
+        }
+        if dim % parts != 0 {
+            return Err(format!(
+                "\"spec\" entry {d} splits dimension {d} ({dim}) into {parts} parts, which is \
+                 uneven: every split must be even"
+            ));
+        }
+    }
+    match value(4)? {
+        None | Some((Token::Str(_), _)) => {}
+        Some((other, _)) => {
+            return Err(format!(
+                "\"memory_kind\": expected str or nil, found {}",
+                other.describe()
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Reads a map key, which must be a str.
@@ -709,7 +958,8 @@ mod tests {
     #[test]
     fn unknown_keys_are_ignored() {
         let v = with_root(good_header(), "future_key", Value::from(vec![Value::Nil]));
-        let v = with_leaf(v, 0, "sharding", map(vec![("spec", Value::Nil)]));
+        let v = with_leaf(v, 0, "future_key", map(vec![("spec", Value::Nil)]));
+        let v = with_leaf(v, 1, "sharding", with_map(mesh(), "future_key", Value::Nil));
         Header::decode_validated(&enc(&v)).unwrap();
     }
 
@@ -839,6 +1089,274 @@ mod tests {
                 "{field}: {e}"
             );
         }
+    }
+
+    fn strs(items: &[&str]) -> Value {
+        Value::Array(items.iter().map(|&s| Value::from(s)).collect())
+    }
+
+    fn ints(items: &[i64]) -> Value {
+        Value::Array(items.iter().map(|&i| Value::from(i)).collect())
+    }
+
+    /// A sharding record: 4 x 2 mesh ("x", "y"), devices 0..8, dimension 0 split over "x".
+    fn mesh() -> Value {
+        map(vec![
+            ("mesh_axes", strs(&["x", "y"])),
+            ("mesh_shape", ints(&[4, 2])),
+            ("device_ids", ints(&[0, 1, 2, 3, 4, 5, 6, 7])),
+            ("spec", strs(&["x"])),
+            ("memory_kind", Value::Nil),
+        ])
+    }
+
+    /// The verdict on leaf 1 (jax int4 [24]) sharded as `record`.
+    fn sharded(record: Value) -> Result<()> {
+        let b = enc(&with_leaf(good_header(), 1, "sharding", record));
+        Header::decode_validated(&b).map(|_| ())
+    }
+
+    #[test]
+    fn sharding_records_are_checked() {
+        sharded(mesh()).unwrap();
+        sharded(Value::Nil).unwrap(); // nil counts as absent
+        let spec = |entries: Vec<Value>| with_map(mesh(), "spec", Value::Array(entries));
+        sharded(spec(vec![])).unwrap();
+        sharded(spec(vec![strs(&["x", "y"])])).unwrap(); // 24 over 8 places
+        sharded(spec(vec![strs(&[])])).unwrap();
+        sharded(with_map(mesh(), "memory_kind", Value::from("device"))).unwrap();
+        sharded(with_map(
+            mesh(),
+            "device_ids",
+            ints(&[7, 6, 5, 4, 3, 2, 1, -1]),
+        ))
+        .unwrap();
+        let bad = [
+            (Value::from(3), "expected a map"),
+            (without_map(mesh(), "spec"), "\"spec\" is missing"),
+            (
+                with_map(mesh(), "mesh_axes", Value::Nil),
+                "\"mesh_axes\" is missing",
+            ),
+            (
+                with_map(mesh(), "mesh_axes", strs(&["x", "x"])),
+                "more than once",
+            ),
+            (with_map(mesh(), "mesh_axes", ints(&[1, 2])), "expected str"),
+            (
+                with_map(mesh(), "mesh_shape", ints(&[8])),
+                "1 entries for the 2",
+            ),
+            (with_map(mesh(), "mesh_shape", ints(&[8, 0])), "an int >= 1"),
+            (
+                with_map(
+                    mesh(),
+                    "mesh_shape",
+                    Value::Array(vec![Value::from(4.0), Value::from(2)]),
+                ),
+                "an int >= 1",
+            ),
+            (
+                with_map(mesh(), "mesh_shape", ints(&[4, 4])),
+                "holds 8, but a mesh of shape [4, 4] has more places",
+            ),
+            (
+                with_map(mesh(), "mesh_shape", ints(&[1, 1])),
+                "has 1 places",
+            ),
+            (
+                with_map(mesh(), "device_ids", ints(&[0, 1, 2, 3, 4, 5, 6, 6])),
+                "the id 6 more than once",
+            ),
+            (
+                with_map(
+                    mesh(),
+                    "device_ids",
+                    Value::Array(vec![Value::from(true); 8]),
+                ),
+                "expected int",
+            ),
+            (spec(vec![Value::from("z")]), "not one of the mesh axes"),
+            (spec(vec![Value::from(1)]), "found int 1"),
+            (spec(vec![Value::Array(vec![Value::Nil])]), "found nil"),
+            (spec(vec![strs(&["x", "y", "x"])]), "more than once"),
+            (
+                spec(vec![Value::Nil, Value::Nil]),
+                "more than the 1 dimensions",
+            ),
+            (
+                spec(vec![Value::from("y"), Value::Nil]),
+                "more than the 1 dimensions",
+            ),
+            (
+                with_map(mesh(), "memory_kind", Value::from(1)),
+                "str or nil",
+            ),
+            (
+                Value::Map(vec![(Value::from(1), Value::Nil)]),
+                "non-string key",
+            ),
+        ];
+        for (record, needle) in bad {
+            let e = sharded(record.clone()).unwrap_err();
+            assert_eq!(e.kind(), "HeaderError", "{record}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("leaf 1 (path \".b\") field \"sharding\"") && msg.contains(needle),
+                "{record}: {msg}"
+            );
+        }
+        // A repeated key, known or not (rmpv writes maps as given).
+        for key in ["spec", "other"] {
+            let mut m = with_map(mesh(), "other", Value::Nil);
+            if let Value::Map(entries) = &mut m {
+                entries.push((Value::from(key), Value::Nil));
+            }
+            let e = sharded(m).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("the key {key:?} more than once")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn uneven_splits_are_refused() {
+        // Dimension 0 of leaf 1 has 24 entries: over "y" (2) and "x" (4) even, over 16 not.
+        let spec = |entries: Vec<Value>| with_map(mesh(), "spec", Value::Array(entries));
+        sharded(spec(vec![Value::from("y")])).unwrap();
+        let m = with_map(spec(vec![Value::from("x")]), "mesh_shape", ints(&[8, 1]));
+        sharded(m).unwrap();
+        let m = with_map(spec(vec![Value::from("x")]), "mesh_shape", ints(&[16, 1]));
+        let m = with_map(m, "device_ids", ints(&(0..16).collect::<Vec<_>>()));
+        let e = sharded(m).unwrap_err().to_string();
+        assert!(e.contains("splits dimension 0 (24) into 16 parts"), "{e}");
+        // A zero-size dimension splits evenly over any number of parts.
+        let v = with_leaf(good_header(), 0, "shape", ints(&[0]));
+        let v = with_leaf(v, 0, "nbytes", Value::from(0));
+        let m = with_map(mesh(), "spec", Value::Array(vec![strs(&["x", "y"])]));
+        Header::decode_validated(&enc(&with_leaf(v, 0, "sharding", m))).unwrap();
+    }
+
+    #[test]
+    fn a_key_arrays_spec_covers_the_key_array_not_its_data() {
+        // Leaf 2: an abstract threefry2x32 key of data shape [2], so a 0-d key array.
+        let v = with_leaf(good_header(), 2, "shape", ints(&[8, 2]));
+        Header::decode_validated(&enc(&with_leaf(v.clone(), 2, "sharding", mesh()))).unwrap();
+        let two = with_map(
+            mesh(),
+            "spec",
+            Value::Array(vec![Value::from("x"), Value::Nil]),
+        );
+        let e = Header::decode(&enc(&with_leaf(v, 2, "sharding", two))).unwrap_err();
+        assert!(e.to_string().contains("more than the 1 dimensions"), "{e}");
+    }
+
+    #[test]
+    fn ext_values_occur_only_in_metadata() {
+        let ext = Value::Ext(5, vec![1, 2]);
+        let meta = with_root(good_header(), "metadata", Value::Array(vec![ext.clone()]));
+        Header::decode_validated(&enc(&meta)).unwrap();
+        let value = map(vec![("t", Value::from("value")), ("v", ext.clone())]);
+        let tree = map(vec![
+            ("t", Value::from("list")),
+            ("c", Value::Array(vec![value])),
+        ]);
+        let cases = [
+            ("tree", with_root(good_header(), "tree", tree)),
+            (
+                "writer",
+                with_root(good_header(), "writer", map(vec![("jax", ext.clone())])),
+            ),
+            ("leaves", with_leaf(good_header(), 0, "path", ext.clone())),
+            (
+                "leaves",
+                with_leaf(good_header(), 0, "future_key", ext.clone()),
+            ),
+            (
+                "leaves",
+                with_leaf(
+                    good_header(),
+                    1,
+                    "sharding",
+                    with_map(mesh(), "spec", ext.clone()),
+                ),
+            ),
+            (
+                "future_key",
+                with_root(good_header(), "future_key", ext.clone()),
+            ),
+        ];
+        for (field, v) in cases {
+            let e = Header::decode(&enc(&v)).unwrap_err();
+            assert_eq!(e.kind(), "HeaderError", "{field}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("in header field {field:?}: an ext value (type 5)"))
+                    && msg.contains("only in the header's metadata"),
+                "{field}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn writer_keys_are_strings() {
+        let w = Value::Map(vec![(Value::from(1), Value::from("0.1.0"))]);
+        let e = Header::decode(&enc(&with_root(good_header(), "writer", w))).unwrap_err();
+        assert_eq!(e.kind(), "HeaderError");
+        assert!(e.to_string().contains("non-string key"), "{e}");
+        let w = map(vec![("jax", Value::from(3)), ("x", Value::Array(vec![]))]);
+        Header::decode_validated(&enc(&with_root(good_header(), "writer", w))).unwrap();
+    }
+
+    #[test]
+    fn shapes_numpy_cannot_make_are_refused_for_every_kind() {
+        // Leaf 0 is numpy float32, leaf 2 abstract uint32: both as an empty [2**63, 0] or less.
+        for (i, nbytes) in [(0, Some(0)), (2, None)] {
+            let ok = [
+                vec![1u64 << 60, 0],
+                vec![0, (1 << 61) - 1],
+                vec![1 << 40, 1 << 20, 0],
+            ];
+            let too_large = [
+                vec![1u64 << 63, 0],
+                vec![0, 1 << 61],
+                vec![1 << 40, 1 << 40, 0],
+            ];
+            let with_shape = |shape: &[u64]| {
+                let dims = Value::Array(shape.iter().map(|&d| Value::from(d)).collect());
+                let v = with_leaf(good_header(), i, "shape", dims);
+                let v = with_leaf(v, i, "key_impl", Value::Nil);
+                let v = with_leaf(
+                    v,
+                    i,
+                    "kind",
+                    Value::from(if i == 0 { "numpy" } else { "abstract" }),
+                );
+                let v = match nbytes {
+                    Some(n) => with_leaf(v, i, "nbytes", Value::from(n)),
+                    None => v,
+                };
+                Header::decode_validated(&enc(&v)).map(|_| ())
+            };
+            for shape in ok {
+                with_shape(&shape).unwrap();
+            }
+            for shape in too_large {
+                let e = with_shape(&shape).unwrap_err();
+                assert_eq!(e.kind(), "LimitError", "{shape:?}: {e}");
+                assert!(e.to_string().contains("too large for a numpy array"), "{e}");
+            }
+        }
+        // int4 unpacks to 1-byte items: [0, 2**62] fits, as float32 it does not.
+        let v = with_leaf(
+            good_header(),
+            1,
+            "shape",
+            Value::Array(vec![Value::from(0), Value::from(1u64 << 62)]),
+        );
+        let v = with_leaf(v, 1, "nbytes", Value::from(0));
+        Header::decode_validated(&enc(&v)).unwrap();
     }
 
     #[test]

@@ -98,6 +98,7 @@ enum Syntax {
     Utf8,
     Oversized { len: usize, left: usize, map: bool },
     TooDeep { level: usize },
+    Ext { ext_type: i8 },
 }
 
 impl From<SyntaxError> for Error {
@@ -119,6 +120,11 @@ impl From<SyntaxError> for Error {
                     location: format!("an array or map at level {level}, header byte {offset}"),
                 }
             }
+            Syntax::Ext { ext_type } => {
+                return Error::ExtOutsideMetadata {
+                    location: format!("an ext value (type {ext_type}) at header byte {offset}"),
+                }
+            }
         };
         Error::Msgpack { offset, reason }
     }
@@ -127,16 +133,32 @@ impl From<SyntaxError> for Error {
 type Res<T> = std::result::Result<T, SyntaxError>;
 
 /// A read position in a msgpack buffer (the header); offsets in errors are relative to it.
+///
+/// msgpack ext values occur only in the header's `metadata` (FORMAT.md section 2): a cursor
+/// refuses one unless [`Cursor::allowing_ext`] made it for metadata.
 #[derive(Debug, Clone)]
 pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    ext_ok: bool,
 }
 
 impl<'a> Cursor<'a> {
-    /// A cursor at byte `pos` of `buf`.
+    /// A cursor at byte `pos` of `buf`, refusing ext values.
     pub(crate) fn at(buf: &'a [u8], pos: usize) -> Self {
-        Cursor { buf, pos }
+        Cursor {
+            buf,
+            pos,
+            ext_ok: false,
+        }
+    }
+
+    /// Runs `read` with ext values accepted (for the one place they may occur: metadata).
+    pub(crate) fn allowing_ext<T>(&mut self, read: impl FnOnce(&mut Self) -> T) -> T {
+        self.ext_ok = true;
+        let out = read(self);
+        self.ext_ok = false;
+        out
     }
 
     /// The whole buffer.
@@ -202,8 +224,11 @@ impl<'a> Cursor<'a> {
             .map_err(|_| self.fail(at, Syntax::Utf8))
     }
 
-    fn ext(&mut self, len: usize) -> Res<Token<'a>> {
+    fn ext(&mut self, at: usize, len: usize) -> Res<Token<'a>> {
         let t = i8::from_be_bytes(self.be()?);
+        if !self.ext_ok {
+            return Err(self.fail(at, Syntax::Ext { ext_type: t }));
+        }
         self.take(len)?;
         Ok(Token::Ext(t))
     }
@@ -258,9 +283,9 @@ impl<'a> Cursor<'a> {
             0xc4 => Token::Bin(self.len8().and_then(|n| self.take(n))?),
             0xc5 => Token::Bin(self.len16().and_then(|n| self.take(n))?),
             0xc6 => Token::Bin(self.len32().and_then(|n| self.take(n))?),
-            0xc7 => self.len8().and_then(|n| self.ext(n))?,
-            0xc8 => self.len16().and_then(|n| self.ext(n))?,
-            0xc9 => self.len32().and_then(|n| self.ext(n))?,
+            0xc7 => self.len8().and_then(|n| self.ext(at, n))?,
+            0xc8 => self.len16().and_then(|n| self.ext(at, n))?,
+            0xc9 => self.len32().and_then(|n| self.ext(at, n))?,
             0xca => Token::Float(f64::from(f32::from_be_bytes(self.be()?))),
             0xcb => Token::Float(f64::from_be_bytes(self.be()?)),
             0xcc => Token::UInt(u64::from(self.be::<1>()?[0])),
@@ -271,11 +296,11 @@ impl<'a> Cursor<'a> {
             0xd1 => Self::int(i64::from(i16::from_be_bytes(self.be()?))),
             0xd2 => Self::int(i64::from(i32::from_be_bytes(self.be()?))),
             0xd3 => Self::int(i64::from_be_bytes(self.be()?)),
-            0xd4 => self.ext(1)?,
-            0xd5 => self.ext(2)?,
-            0xd6 => self.ext(4)?,
-            0xd7 => self.ext(8)?,
-            0xd8 => self.ext(16)?,
+            0xd4 => self.ext(at, 1)?,
+            0xd5 => self.ext(at, 2)?,
+            0xd6 => self.ext(at, 4)?,
+            0xd7 => self.ext(at, 8)?,
+            0xd8 => self.ext(at, 16)?,
             0xd9 => self.len8().and_then(|n| self.str(at, n))?,
             0xda => self.len16().and_then(|n| self.str(at, n))?,
             0xdb => self.len32().and_then(|n| self.str(at, n))?,
@@ -358,8 +383,13 @@ mod tests {
             Value::Map(vec![(Value::from(1), Value::from(2)); 20]),
         ]);
         let b = enc(&v);
-        all_tokens(&b).unwrap();
-        let raw = Cursor::at(&b, 0).raw(1).unwrap();
+        let e = Error::from(all_tokens(&b).unwrap_err()); // ext values: metadata only
+        assert!(matches!(e, Error::ExtOutsideMetadata { .. }), "{e}");
+        let mut c = Cursor::at(&b, 0);
+        c.allowing_ext(|c| c.skip(1)).unwrap();
+        assert_eq!(c.pos(), b.len());
+        assert!(c.next().is_err() && Cursor::at(&b, 0).skip(1).is_err());
+        let raw = Cursor::at(&b, 0).allowing_ext(|c| c.raw(1)).unwrap();
         assert_eq!(raw.decode().unwrap(), v);
         let mut c = Cursor::at(&b, 0);
         assert_eq!(c.next().unwrap(), Token::Array(19));
