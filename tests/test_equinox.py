@@ -14,7 +14,7 @@ import pytest
 
 import eqx_msg
 
-from conftest import frame
+from conftest import frame, parts, reframe
 
 KEY = jax.random.key(0)
 K1, K2, K3 = jax.random.split(KEY, 3)
@@ -399,3 +399,64 @@ def test_a_state_index_before_make_with_state_says_what_to_do():
     assert jax.tree.structure(loaded_state.get(loaded_index)) == jax.tree.structure(
         state.get(index)
     )
+
+
+class StaticAB(eqx.Module):
+    w: jax.Array
+    a: int = eqx.field(static=True)
+    b: str = eqx.field(static=True)
+
+
+class StaticBA(eqx.Module):  # the same fields, static ones declared in the other order
+    w: jax.Array
+    b: str = eqx.field(static=True)
+    a: int = eqx.field(static=True)
+
+
+class StaticAC(eqx.Module):  # b renamed to c
+    w: jax.Array
+    a: int = eqx.field(static=True)
+    c: str = eqx.field(static=True)
+
+
+def _node(data):
+    return eqx_msg.header(data).tree.model_dump(exclude_none=True)
+
+
+def test_static_fields_are_stored_by_name():
+    node = _node(eqx_msg.dumps(eqx.nn.Linear(3, 4, use_bias=False, key=K1)))
+    assert node["static"] == {"in_features": 3, "out_features": 4, "use_bias": False}
+    assert "aux" not in node
+    _, raw, _ = parts(eqx_msg.dumps(StaticAB(jnp.ones(2), 7, "x")))  # (msgpack, as any reader)
+    assert raw["tree"]["static"] == {"a": 7, "b": "x"}  # a plain map of field names
+
+
+def test_static_fields_by_name_survive_a_reordered_class_and_a_changed_one_is_named():
+    data = eqx_msg.dumps(StaticAB(jnp.ones(2), 7, "x"))
+    name = eqx_msg.header(data).tree.cls
+    reordered = eqx_msg.loads(data, allow={name: StaticBA})
+    assert type(reordered) is StaticBA and (reordered.a, reordered.b) == (7, "x")
+    with pytest.raises(eqx_msg.StructureMismatchError, match=r"missing from the file: \['c'\]"):
+        eqx_msg.loads(data, allow={name: StaticAC})
+    # like= matches by key path instead, taking the static fields of the class as it is now.
+    loaded = eqx_msg.loads(data, allow={name: StaticAC}, like=StaticAC(jnp.zeros(2), 1, "y"))
+    assert loaded.c == "y" and np.array_equal(loaded.w, jnp.ones(2))
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda n: n.update(aux=[None]), "either aux or static"),
+        (lambda n: n.pop("static"), "either aux or static"),
+        (lambda n: n.update(static=[1, 2]), "map of field names"),
+        (lambda n: n.update(static={1: 2}), "map of field names"),
+        (lambda n: n.update(cls="builtins.object"), "Equinox Modules"),
+    ],
+)
+def test_a_malformed_static_map_is_a_header_error(edit, match):
+    def change(header):
+        edit(header["tree"])
+
+    data = reframe(eqx_msg.dumps(eqx.nn.Linear(2, 2, key=K1)), change)
+    with pytest.raises(eqx_msg.HeaderError, match=match):
+        eqx_msg.loads(data)

@@ -132,7 +132,13 @@ class CustomNode(_Model):
 
     t: Literal["node"]
     cls: str
-    aux: Any
+    aux: Any = Field(
+        None, description="the flatten data (a static value); absent where `static` is given"
+    )
+    static: dict[str, Any] | None = Field(
+        None,
+        description="an Equinox Module's static fields by name, in place of `aux` (FORMAT.md 4)",
+    )
     keys: list[str] | None = Field(
         None, description="each child's key as jax.tree_util.keystr writes it, when written"
     )

@@ -22,7 +22,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax._src.tree_util import default_registry
 
-from . import _core, _dtypes, _place, _registry, _static
+from . import _core, _dtypes, _modules, _place, _registry, _static
 from ._errors import (
     DTypeError,
     EqxMsgError,
@@ -230,12 +230,19 @@ class _Flattener:
                 "fields from a file; save the Module it wraps"
             )
         keys = [jtu.keystr(key) for key, _ in children]
-        return {
-            "t": Tag.NODE,
-            "cls": _registry.name_of(cls, path),
-            "aux": _static.encode(
+        node: dict[str, Any] = {"t": Tag.NODE, "cls": _registry.name_of(cls, path)}
+        by_name = _modules.static_fields(cls, aux)
+        if by_name is None:
+            node["aux"] = _static.encode(
                 aux, f"{at(path)} (flatten data of {cls.__qualname__})", self.level + 1
-            ),
+            )
+        else:  # a Module: its static fields by name
+            node["static"] = {
+                name: _static.encode(value, path + field_key(name), self.level + 2)
+                for name, value in by_name.items()
+            }
+        return {
+            **node,
             "keys": keys,
             "c": self.descend(
                 path, ((child, path + key) for key, (_, child) in zip(keys, children))
@@ -430,7 +437,7 @@ class _Builder:
                 f"{at(where)}: a 'node' of class {node['cls']}: builtin containers and "
                 "namedtuples have node types of their own (FORMAT.md section 4)"
             )
-        aux = _static.decode(node["aux"], self.allow, where)
+        aux = self.flatten_data(cls, node, where)
         children = self.children(node["c"], where, functools.partial(_saved_key, node))
         if cls is jtu.Partial:
             if not (
@@ -462,6 +469,20 @@ class _Builder:
         if "keys" in node:
             _check_keys(node, _child_keys(cls, obj), where)
         return obj
+
+    def flatten_data(self, cls: Any, node: dict[str, Any], where: Where) -> Any:
+        """A `node`'s flatten data: its `aux`, or that of a Module's `static` fields by name."""
+        if ("aux" in node) == ("static" in node):
+            raise HeaderError(
+                f"{at(where)}: a 'node' holds either aux or static, not both or neither"
+            )
+        if "aux" in node:
+            return _static.decode(node["aux"], self.allow, where)
+        stored = node["static"]
+        if type(stored) is not dict or not all(type(name) is str for name in stored):
+            raise HeaderError(f"{at(where)}: a node's static is a map of field names to values")
+        values = {name: _static.decode(value, self.allow, where) for name, value in stored.items()}
+        return _modules.flatten_data(cls, values, node["cls"], where)
 
 
 def _field_key(fields: list[str], i: int) -> str:
@@ -569,7 +590,7 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
             keys = child_keys(node, path)
             if class_names[cls] != node.get("cls") or keys is None:
                 continue
-            if tag == Tag.NODE and _differs(aux, node.get("aux")):
+            if tag == Tag.NODE and _node_differs(cls, aux, node):
                 differ.append(f"{at(path)} ({node.get('cls')})")
             pairs = list(zip(children, stored, (path + key for key in keys)))
         elif SEQUENCES.get(tag) is cls:
@@ -597,6 +618,18 @@ def _stored_class(cls: type) -> str | None:
         return _registry.name_of(cls, "")
     except UnserialisableError:
         return None
+
+
+def _node_differs(cls: type, aux: Any, node: dict[str, Any]) -> bool:
+    """Whether flatten data `aux` of `cls` differs from what the file's `node` stores: its `aux`,
+    or its `static` fields by name (compared field by field, in any order)."""
+    stored = node.get("static")
+    if stored is None:
+        return _differs(aux, node.get("aux"))
+    mine = _modules.static_fields(cls, aux)
+    if mine is None or not isinstance(stored, dict):
+        return False  # (not comparable)
+    return set(mine) != set(stored) or any(_differs(mine[n], stored[n]) for n in mine)
 
 
 def _differs(aux: Any, stored: Any) -> bool:
