@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import eqx_msg
-from eqx_msg import _codec, _core, _leaves
+from eqx_msg import _core, _file, _leaves, _plan
 from eqx_msg._errors import DTypeError, LayoutError
 
 from conftest import crc32c
 
 
-def _file(tree):
-    return _codec.File(_codec.as_bytes_array(eqx_msg.dumps(tree)))
+def _opened(tree):
+    return _file.File(_file.as_bytes_array(eqx_msg.dumps(tree)))
 
 
 def _dtypes(file):
@@ -26,7 +26,7 @@ def _dtypes(file):
 def test_views_are_read_only_c_contiguous_and_inside_the_buffer():
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     b = np.arange(5, dtype=np.int16)
-    file = _file({"a": a, "b": b})
+    file = _opened({"a": a, "b": b})
     views = file.arrays()
     start = file.buf.ctypes.data
     for view, want in zip(views, [a, b]):
@@ -39,7 +39,7 @@ def test_views_are_read_only_c_contiguous_and_inside_the_buffer():
 
 
 def test_views_keep_the_buffer_alive():
-    file = _file({"a": np.arange(1000, dtype=np.int64)})
+    file = _opened({"a": np.arange(1000, dtype=np.int64)})
     (view,) = file.arrays()
     del file
     gc.collect()
@@ -50,7 +50,7 @@ def test_views_keep_the_buffer_alive():
 
 def test_indices_choose_leaves_and_abstract_leaves_give_none():
     abstract = jax.ShapeDtypeStruct((5, 5), np.float32)
-    file = _file([np.ones(3, np.float32), abstract, np.zeros(0, np.uint8)])
+    file = _opened([np.ones(3, np.float32), abstract, np.zeros(0, np.uint8)])
     ones, none, empty = file.arrays()
     assert ones.tolist() == [1, 1, 1] and none is None and empty.shape == (0,)
     assert [v.shape for v in file.arrays([2, 0])] == [(0,), (3,)]
@@ -58,7 +58,7 @@ def test_indices_choose_leaves_and_abstract_leaves_give_none():
 
 def test_packed_dtypes_come_unpacked():
     values = np.array([[-8, -1, 0], [1, 6, 7]], dtype=ml_dtypes.int4)
-    file = _file({"q": values})
+    file = _opened({"q": values})
     (out,) = file.arrays()
     assert out.dtype == values.dtype and out.shape == (2, 3)
     np.testing.assert_array_equal(out.astype(np.int8), values.astype(np.int8))
@@ -66,7 +66,7 @@ def test_packed_dtypes_come_unpacked():
 
 
 def test_a_buffer_of_another_length_is_refused():
-    file = _file({"a": np.ones(16, np.float32)})
+    file = _opened({"a": np.ones(16, np.float32)})
     longer = np.concatenate([file.buf, np.zeros(64, np.uint8)])
     with pytest.raises(LayoutError, match="the buffer holds"):
         file.header.arrays(longer, _dtypes(file))
@@ -75,20 +75,20 @@ def test_a_buffer_of_another_length_is_refused():
 
 
 def test_a_dtype_list_of_the_wrong_length_is_refused():
-    file = _file({"a": np.ones(16, np.float32)})
+    file = _opened({"a": np.ones(16, np.float32)})
     with pytest.raises(LayoutError, match="1 leaf types"):
         file.header.arrays(file.buf, [])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.uint8, object, np.dtype("V8")])
 def test_a_dtype_that_does_not_fit_the_bytes_is_refused(dtype):
-    file = _file({"a": np.ones(16, np.float32)})
+    file = _opened({"a": np.ones(16, np.float32)})
     with pytest.raises(DTypeError, match=r"leaf 0: numpy dtype .* does not fit float32"):
         file.header.arrays(file.buf, [np.dtype(dtype)])
 
 
 def test_an_index_out_of_range_is_refused():
-    file = _file({"a": np.ones(2, np.float32)})
+    file = _opened({"a": np.ones(2, np.float32)})
     with pytest.raises(IndexError, match="leaf 1 of 1"):
         file.header.arrays(file.buf, _dtypes(file), [1])
 
@@ -181,7 +181,7 @@ def test_shapes_with_a_zero_dimension_follow_the_zero_rule():
 
 
 def test_assemble_into_refuses_a_leaf_anywhere_inside_the_output_buffer():
-    planned = _codec.plan({"w": np.zeros(8, np.uint8)}, None, 64)
+    planned = _plan.plan({"w": np.zeros(8, np.uint8)}, None, 64)
     size = _core.total_len(planned.header)
     out = np.zeros(size + 64, np.uint8)
     with pytest.raises(LayoutError, match="inside the output buffer"):

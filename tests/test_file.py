@@ -46,7 +46,7 @@ def test_save_load_round_trip(tmp_path):
 def test_save_gathers_small_leaves_in_blocks_and_writes_the_bytes_of_dumps(
     tmp_path, monkeypatch, alignment
 ):
-    from eqx_msg import _file
+    from eqx_msg.io import _writer as _file
 
     monkeypatch.setattr(_file, "_SMALL_LEAF", 1000)  # smaller limits: many blocks, few bytes
     monkeypatch.setattr(_file, "_BLOCK", 80 * alignment)
@@ -152,14 +152,14 @@ def test_crash_mid_save_keeps_previous_file(tmp_path):
 def test_killed_saves_leave_the_old_or_new_file_and_no_temporary_after_the_next_save(
     tmp_path, unnamed
 ):
-    if unnamed and not eqx_msg._file._USE_O_TMPFILE:
+    if unnamed and not eqx_msg.io._atomic._USE_O_TMPFILE:
         pytest.skip("no O_TMPFILE (or no /proc) here: the named-temporary case covers saving")
     path = tmp_path / "m.eqx"
     tree = {f"w{i}": np.full(1 << 18, i, np.float32) for i in range(48)}  # 48 MiB, many writes
     eqx_msg.save(path, tree, metadata={"round": -1})
     script = textwrap.dedent(f"""
         import sys, numpy as np, eqx_msg
-        eqx_msg._file._USE_O_TMPFILE = {unnamed!r}
+        eqx_msg.io._atomic._USE_O_TMPFILE = {unnamed!r}
         tree = {{f"w{{i}}": np.full(1 << 18, i, np.float32) for i in range(48)}}
         print("ready", flush=True)
         for n in range(1000):
@@ -184,7 +184,7 @@ def test_killed_saves_leave_the_old_or_new_file_and_no_temporary_after_the_next_
 
 
 def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path):
-    from eqx_msg import _file
+    from eqx_msg.io import _atomic as _file
 
     host, _ = _file._writer_tag().split("~")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -96,14 +96,14 @@ def test_saved_layout_needs_its_devices(tmp_path):
 
 
 def test_sharded_save_streams_by_shard(tmp_path, monkeypatch):
-    from eqx_msg import _file
+    from eqx_msg.io import _writer
 
     mesh = _mesh((8,), ("d",))
-    array = _array(NamedSharding(mesh, P("d")), shape=(4096, 16))  # above _file._SMALL_LEAF
+    array = _array(NamedSharding(mesh, P("d")), shape=(4096, 16))  # above _writer._SMALL_LEAF
     seen = []
-    real = _file._leaves.host_array
+    real = _writer._leaves.host_array
     monkeypatch.setattr(
-        _file._leaves, "host_array", lambda r, s: seen.append(s.shape) or real(r, s)
+        _writer._leaves, "host_array", lambda r, s: seen.append(s.shape) or real(r, s)
     )
     path = tmp_path / "shards.eqx"
     eqx_msg.save(path, {"w": array})

@@ -13,12 +13,7 @@ eqx_msg.verify("model.eqx")                  # every byte against its checksum
 
 from typing import Any
 
-from ._codec import (
-    dumps,
-    dumps_into,
-    dumps_size,
-    loads,
-)
+from ._bytes import dumps, dumps_into, dumps_size, loads
 from ._core import VERSION as FORMAT_VERSION
 from ._core import __version__
 from ._errors import (
@@ -39,9 +34,9 @@ from ._errors import (
     UnserialisableError,
     VersionError,
 )
-from ._file import Reader, load, open, save, verify
 from ._header import Header, LeafSpec, ShardingSpec
 from ._registry import register
+from .io import Reader, load, open, save, verify
 
 
 def header(source: Any) -> Header:

@@ -8,14 +8,16 @@ is what object storage builds on: one ranged request per read.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from . import _core
-from ._errors import LengthError
+from .. import _core, _leaves
+from .._errors import ClosedError, LengthError
+from .._file import File
 
 # The first read of a source: the prefix and, for most files, the whole header and its padding.
 _FIRST_READ = 64 << 10
@@ -199,3 +201,55 @@ def verify(source: Source, header: _core.FileHeader) -> None:
         verifier.feed(piece)
         position += len(piece)
     verifier.finish()
+
+
+class RangedFile(File):
+    """A validated eqx_msg file read by range from a source that is not mapped (a file object, an
+    object store): opening it reads the prefix and header only; leaf data is read when asked for.
+    """
+
+    def __init__(self, source: Source):
+        """Read and validate the prefix and header of `source` (at most two reads)."""
+        self.source: Source | None = source
+        header, self.head = read_head(source)  # (the head may hold leaves too)
+        self._start(header)
+
+    def arrays(self, indices: Sequence[int] | None = None) -> list[np.ndarray | None]:
+        """Leaf data (every leaf, or those at `indices`; None for abstract ones) in new read-only
+        64-byte-aligned buffers, reading only those leaves' byte ranges.
+
+        Packed sub-byte dtypes are unpacked into new arrays.
+        """
+        _leaves.refuse_unreadable(self.table, self.dtypes, indices, self.header.paths)
+        wanted = range(len(self.table.which)) if indices is None else indices
+        return read_arrays(self._source(), self.header, self.head, self.dtypes, list(wanted))
+
+    def rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Rows `start:stop` (first axis) of leaf `index`'s data, reading only their bytes (all of
+        the leaf for packed sub-byte dtypes, whose rows may share a byte)."""
+        t = self.table.which[index]
+        name, shape, _, _ = self.table.types[t]
+        offset = self.table.offsets[index]
+        if _core.dtype_bits(name) < 8 or offset is None:
+            return super().rows(index, start, stop)
+        _leaves.refuse_unreadable(self.table, self.dtypes, [index], self.header.paths)
+        dtype = self.dtypes[t]
+        row = dtype.itemsize * math.prod(shape[1:])
+        buffer = read_bytes(self._source(), self.header, offset + start * row, offset + stop * row)
+        rows = buffer.view(dtype).reshape((stop - start, *shape[1:]))
+        rows.flags.writeable = False
+        return rows
+
+    def verify(self) -> None:
+        """Check every byte against the file's checksums, streaming the data section through
+        Rust's verifier in chunks; `ChecksumError` if not."""
+        verify(self._source(), self.header)
+
+    def close(self) -> None:
+        """Forget the source (the caller's to close)."""
+        self.source = None
+
+    def _source(self) -> Source:
+        if self.source is None:
+            raise ClosedError("the reader is closed; reopen it with eqx_msg.open")
+        return self.source
