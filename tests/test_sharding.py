@@ -140,6 +140,16 @@ GOOD_RECORD = {"mesh_axes": ["x", "y"], "mesh_shape": [4, 2], "device_ids": list
                "spec": ["x", None], "memory_kind": None}  # fmt: skip
 
 
+def _with_record(edit, path):
+    """A file at `path` whose one leaf (float32 [8, 6]) has GOOD_RECORD changed by `edit`."""
+    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
+              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
+    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
+              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
+    path.write_bytes(frame(header, bytes(192)))
+    return path
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [
@@ -160,12 +170,7 @@ GOOD_RECORD = {"mesh_axes": ["x", "y"], "mesh_shape": [4, 2], "device_ids": list
     ],
 )
 def test_a_malformed_sharding_record_is_refused_by_every_entry_point(edit, match, tmp_path):
-    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
-              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
-    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
-              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
-    path = tmp_path / "bad.eqx"
-    path.write_bytes(frame(header, bytes(192)))
+    path = _with_record(edit, tmp_path / "bad.eqx")
     # The Rust core checks the record when the file is opened (FORMAT.md section 7).
     match = rf"leaf 0 \(path \"\['w'\]\"\) field \"sharding\": .*(?:{match})"
     loads = lambda p: eqx_msg.loads(p.read_bytes())  # noqa: E731
@@ -185,12 +190,7 @@ def test_a_malformed_sharding_record_is_refused_by_every_entry_point(edit, match
     ],
 )
 def test_an_even_sharding_record_loads_as_saved(edit, tmp_path):
-    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
-              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
-    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
-              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
-    path = tmp_path / "ok.eqx"
-    path.write_bytes(frame(header, bytes(192)))
+    path = _with_record(edit, tmp_path / "ok.eqx")
     loaded = eqx_msg.load(path, sharding="saved")["w"]
     spec = [tuple(e) if isinstance(e, list) else e for e in edit["spec"]]
     assert loaded.shape == (8, 6) and loaded.sharding.spec == P(*spec)
@@ -206,12 +206,7 @@ def test_an_even_sharding_record_loads_as_saved(edit, tmp_path):
 )
 def test_a_saved_sharding_these_devices_cannot_hold_is_a_sharding_error(edit, match, tmp_path):
     # A valid record (every entry point opens the file) that only sharding="saved" cannot rebuild.
-    record = {"path": "['w']", "kind": "jax", "dtype": "float32", "shape": [8, 6], "offset": 0,
-              "nbytes": 192, "sharding": {**GOOD_RECORD, **edit}}  # fmt: skip
-    header = {"format": "eqx_msg", "version": 1, "alignment": 64, "data_nbytes": 192,
-              "leaves": [record], "tree": {"t": "dict", "k": ["w"], "c": [0]}}  # fmt: skip
-    path = tmp_path / "bad.eqx"
-    path.write_bytes(frame(header, bytes(192)))
+    path = _with_record(edit, tmp_path / "bad.eqx")
     assert eqx_msg.load(path)["w"].shape == (8, 6)
     assert eqx_msg.header(path).leaves[0].sharding is not None
     with pytest.raises(eqx_msg.ShardingError, match=match):

@@ -231,13 +231,7 @@ impl FileHeader {
     fn new(py: Python<'_>, buf: PyReadonlyArray1<'_, u8>) -> PyResult<Self> {
         let bytes = u8_slice(&buf, "the file buffer")?;
         py.detach(|| {
-            // The header is copied before it is checked, and only the copy is used afterwards: a
-            // shared map edited after open cannot make later reads disagree with what was checked.
-            let (_, header_len) = eqx::parse_prefix(bytes)?;
-            let end = (eqx::PREFIX_LEN as u64)
-                .saturating_add(header_len)
-                .min(bytes.len() as u64) as usize; // <= bytes.len()
-            let header = FileHeader::checked(bytes[..end].to_vec(), bytes.len() as u64)?;
+            let header = FileHeader::checked(bytes, bytes.len() as u64)?;
             header.padding_of(bytes)?;
             Ok(header)
         })
@@ -250,14 +244,8 @@ impl FileHeader {
     #[staticmethod]
     fn from_head(py: Python<'_>, head: PyReadonlyArray1<'_, u8>, file_len: u64) -> PyResult<Self> {
         let head = u8_slice(&head, "the head buffer")?;
-        py.detach(|| {
-            let (_, header_len) = eqx::parse_prefix(head)?;
-            let end = (eqx::PREFIX_LEN as u64)
-                .saturating_add(header_len)
-                .min(head.len() as u64) as usize; // <= head.len()
-            FileHeader::checked(head[..end].to_vec(), file_len)
-        })
-        .map_err(py_err)
+        py.detach(|| FileHeader::checked(head, file_len))
+            .map_err(py_err)
     }
 
     /// Checks that the header padding is zero; `head` holds the file's first `data_start` bytes
@@ -449,9 +437,16 @@ impl FileHeader {
 }
 
 impl FileHeader {
-    /// Checks the framing of a file of `file_len` bytes from a copy of its prefix and header, and
-    /// keeps the copy and the decoded header.
-    fn checked(head: Vec<u8>, file_len: u64) -> eqx::Result<FileHeader> {
+    /// Checks the framing of a file of `file_len` bytes whose first bytes are `bytes` (the whole
+    /// file, or at least its prefix and header), and keeps the decoded header and a copy of the
+    /// prefix and header. The copy is made before it is checked, and only it is used afterwards:
+    /// a shared map edited after open cannot make later reads disagree with what was checked.
+    fn checked(bytes: &[u8], file_len: u64) -> eqx::Result<FileHeader> {
+        let (_, header_len) = eqx::parse_prefix(bytes)?;
+        let end = (eqx::PREFIX_LEN as u64)
+            .saturating_add(header_len)
+            .min(bytes.len() as u64) as usize; // <= bytes.len()
+        let head = bytes[..end].to_vec();
         let file_len_usize = usize::try_from(file_len).map_err(|_| Error::FileLength {
             expected: usize::MAX as u64,
             actual: file_len,
