@@ -271,7 +271,7 @@ def test_a_source_that_ends_before_its_size_is_a_length_error():
     short = RangeObject(DATA)
     short._data = DATA[: len(DATA) - 100]
     reader = eqx_msg.open(short)
-    with pytest.raises(eqx_msg.LengthError, match="ended early"):
+    with pytest.raises(eqx_msg.LengthError, match="ended before its size"):
         reader["['after']"]
 
 

@@ -180,7 +180,10 @@ class Reader:
         index = record["index"]
         dtype = self._file.dtypes[self._file.table.which[index]]
         return _Slice(
-            tuple(record["shape"]), dtype, lambda start, stop: self._rows(index, start, stop)
+            tuple(record["shape"]),
+            dtype,
+            lambda start, stop: self._rows(index, start, stop),
+            lambda: self._arrays([index])[0],
         )
 
     def abstract(self, allow: Any = ()) -> Any:
@@ -279,13 +282,20 @@ class _Slice:
     """Row access to one leaf: indexing reads only the rows its first index selects.
 
     `rows(start, stop)` gives rows `start:stop` of the leaf's data (a view of a map, or the bytes
-    of those rows read from a source).
+    of those rows read from a source), `whole()` all of it (a 0-d leaf has no rows).
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, rows: Callable[[int, int], Any]):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        rows: Callable[[int, int], Any],
+        whole: Callable[[], Any],
+    ):
         self.shape = shape
         self.dtype = dtype
         self._rows = rows
+        self._whole = whole
 
     def __getitem__(self, index: Any) -> np.ndarray:
         first, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
@@ -294,7 +304,7 @@ class _Slice:
         if not whole and self.shape and 0 not in self.shape:  # (no bytes: read whole, nothing)
             window = _row_window(first, self.shape[0])
         if window is None:
-            return np.array(self._rows(0, self.shape[0] if self.shape else 0)[index])
+            return np.array(self._whole()[index])
         start, stop, shifted = window
         return np.array(self._rows(start, stop)[(shifted, *rest)])
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import math
+import operator
 import os
+import stat
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,7 +39,8 @@ _VERIFY_CHUNK = 16 << 20
 class RangeSource(Protocol):
     """What `eqx_msg.open` reads a file from when it is not a path or bytes: any object with
     `read_into(offset, buffer)` (fill `buffer`, a writable memoryview, with the source's bytes from
-    `offset`; return how many were read) and `size` (the length in bytes: an int, or a method).
+    `offset`; return how many were written, an int: fewer only at the source's end) and `size` (the
+    length in bytes: an int, or a method). Its methods may be called from several threads.
     """
 
     def read_into(self, offset: int, buffer: memoryview) -> int: ...
@@ -44,21 +48,42 @@ class RangeSource(Protocol):
 
 class FileObjectSource:
     """A binary file object with `seek` and `readinto` (an open file, `io.BytesIO`, ...), read by
-    range. The object stays the caller's: it is not closed with the reader."""
+    range: with `os.preadv` on its file descriptor where it has one (the file's position is left
+    alone, and threads may share it), else by `seek` + `readinto` under a lock. The object stays
+    the caller's: it is not closed with the reader."""
 
     def __init__(self, f: Any):
         self._f = f
         self.name = str(getattr(f, "name", f"<{type(f).__name__}>"))
-        self.size = f.seek(0, os.SEEK_END)
+        self.size = _size(f.seek(0, os.SEEK_END), f)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        if hasattr(os, "preadv"):
+            try:
+                fd = f.fileno()
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    self._fd = fd
+            except (OSError, AttributeError, ValueError):  # BytesIO: io.UnsupportedOperation
+                pass
 
     def read_into(self, offset: int, buffer: memoryview) -> int:
-        self._f.seek(offset)
         filled = 0
-        while filled < len(buffer):
-            n = self._f.readinto(buffer[filled:])
-            if not n:
-                break
-            filled += n
+        if self._fd is not None:
+            while filled < len(buffer):
+                n = os.preadv(self._fd, [buffer[filled:]], offset + filled)
+                if n == 0:
+                    break
+                filled += n
+            return filled
+        with self._lock:
+            self._f.seek(offset)
+            while filled < len(buffer):
+                n = _count(
+                    self._f.readinto(buffer[filled:]), len(buffer) - filled, self, "readinto"
+                )
+                if n == 0:
+                    break
+                filled += n
         return filled
 
 
@@ -71,18 +96,46 @@ class ObjectSource:
             size = size()
         if size is None and hasattr(source, "__len__"):
             size = len(source)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise TypeError(
-                f"{type(source).__name__} has read_into but no size: give it a `size` (the length "
-                "in bytes, an int or a method) so that eqx_msg can check the file's length"
-            )
         self._source = source
         self.name = str(getattr(source, "name", f"<{type(source).__name__}>"))
-        self.size = size
+        self.size = _size(size, source)
 
     def read_into(self, offset: int, buffer: memoryview) -> int:
         n = self._source.read_into(offset, buffer)
-        return len(buffer) if n is None else int(n)
+        return _count(n, len(buffer), self, "read_into")
+
+
+def _size(size: Any, source: Any) -> int:
+    """A source's size, checked: a non-negative integer (`TypeError` otherwise), below 2**63
+    (`LengthError`: no file is that long)."""
+    try:
+        if isinstance(size, bool):
+            raise TypeError
+        size = operator.index(size)
+    except TypeError:
+        raise TypeError(
+            f"{type(source).__name__} has read_into but no size: give it a `size` (the length "
+            f"in bytes, an int or a method), not {size!r:.40}, so that eqx_msg can check the "
+            "file's length"
+        ) from None
+    if size < 0:
+        raise TypeError(f"{type(source).__name__}: a size of {size} bytes is negative")
+    if size >= 1 << 63:
+        raise LengthError(f"{type(source).__name__}: a size of {size} bytes is no file's")
+    return size
+
+
+def _count(n: Any, asked: int, source: Any, method: str) -> int:
+    """The byte count a source's `method` returned, checked: an int from 0 to `asked` (None, as a
+    non-blocking file object says "nothing yet", counts as 0)."""
+    if n is None:
+        return 0
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise TypeError(f"{source.name}: {method} returned {n!r:.40}, not a count of bytes")
+    n = int(n)
+    if not 0 <= n <= asked:
+        raise LengthError(f"{source.name}: {method} returned {n} for a buffer of {asked} bytes")
+    return n
 
 
 Source = FileObjectSource | ObjectSource
@@ -115,7 +168,7 @@ def read_exact(source: Source, offset: int, buffer: np.ndarray) -> None:
     if got != len(buffer):
         raise LengthError(
             f"{source.name}: reading {len(buffer)} bytes at offset {offset} gave {got}: the "
-            f"source ended early (its size says {source.size} bytes)"
+            f"source ended before its size ({source.size} bytes) says it does"
         )
 
 
@@ -161,16 +214,16 @@ def read_arrays(
     wanted = sorted(
         (r[0], r[1], k, i) for k, (i, r) in enumerate(zip(indices, header.ranges(indices))) if r
     )
-    groups: list[list[tuple[int, int, int, int]]] = []
+    groups: list[tuple[int, int, list[tuple[int, int, int, int]]]] = []  # (start, end, leaves)
     for leaf in wanted:
         if groups:
-            group = groups[-1]  # (leaves do not overlap: its last one ends last)
-            if leaf[0] - group[-1][1] <= _GAP and leaf[1] - group[0][0] <= _GROUP:
-                group.append(leaf)
+            start, end, group = groups[-1]
+            if leaf[0] - end <= _GAP and max(end, leaf[1]) - start <= _GROUP:
+                group.append(leaf)  # (an empty leaf may lie inside another's range: max)
+                groups[-1] = (start, max(end, leaf[1]), group)
                 continue
-        groups.append([leaf])
-    for group in groups:
-        start, end = group[0][0], group[-1][1]
+        groups.append((leaf[0], leaf[1], [leaf]))
+    for start, end, group in groups:
         if header.data_start + end <= len(head):
             buffer = head[header.data_start + start : header.data_start + end]
         else:
