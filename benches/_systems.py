@@ -125,6 +125,10 @@ class System:
         """List (key, shape, dtype or its name) of every leaf without reading array data."""
         raise NotSupported("no header: only a full load")
 
+    def verify(self, path: str, work: Workload) -> None:
+        """Check every stored byte against checksums the file holds (raising if one differs)."""
+        raise NotSupported("no checksums in the file")
+
     def cleanup(self) -> None:
         """Undo what a load leaks, between runs and outside the timing."""
 
@@ -187,6 +191,9 @@ class EqxMsg(System):
     def header_only(self, path: str, work: Workload) -> list[tuple[str, tuple[int, ...], Any]]:
         with self.m.open(path) as reader:
             return [(k, s.shape, s.dtype) for k, s in reader.specs().items()]  # str(dtype): 7 us
+
+    def verify(self, path: str, work: Workload) -> None:
+        self.m.verify(path)
 
 
 class Safetensors(System):

@@ -67,6 +67,7 @@ OPS: list[tuple[str, str, str | None, bool]] = [
     ("load_jax", "load -> jax arrays", "readinto", True),
     ("open_one", "open + fetch one leaf", None, True),
     ("open_abstract", "open + abstract tree + one leaf", None, True),
+    ("verify", "verify every byte (checksums)", "memcpy", True),
     ("header", "header only (keys, shapes)", None, False),
     ("size", "file size", None, False),
     ("rss_save", "peak RSS: save", None, False),
@@ -173,6 +174,7 @@ def file_cells(system: System, work: Workload, path: str, repeat: int) -> dict[s
         "header": timed(
             lambda: system.header_only(path, work), repeat, check=lambda h: header_problem(work, h)
         )[0],
+        "verify": timed(lambda: system.verify(path, work), repeat)[0],
     }
     size = size_on_disk(path)
     cells["size"] = Cell(value=size, text=f"{size / 2**20:,.1f} MiB")
@@ -235,7 +237,15 @@ def bench_system(
         cells.update(
             {
                 op: failed
-                for op in ("load_numpy", "load_jax", "open_one", "open_abstract", "header", "size")
+                for op in (
+                    "load_numpy",
+                    "load_jax",
+                    "open_one",
+                    "open_abstract",
+                    "verify",
+                    "header",
+                    "size",
+                )
             }
         )
     if rss and saved:
@@ -455,6 +465,15 @@ def targets(results: dict[str, Result]) -> list[Target]:
         )
         for op, kind in (("load_numpy", "numpy"), ("load_jax", "jax"))
     ]
+    out.append(
+        _ratio_target(
+            "W1 eqx_msg verify (page cache) >= 0.8x memcpy into a warm buffer (ratio = memcpy / "
+            "verify)",
+            mine("W1", op="verify"),
+            w1.limits["memcpy"] if w1 else None,
+            0.8,
+        )
+    )
     out.append(
         _ratio_target(
             "W1 open + one leaf faster than safetensors safe_open",

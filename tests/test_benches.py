@@ -65,6 +65,7 @@ def test_every_workload_has_a_table(quick_report: str) -> None:
             "dumps -> bytes",
             "load -> jax arrays",
             "open + fetch one leaf",
+            "verify every byte (checksums)",
             "file size",
         } <= set(labels)
 
@@ -82,6 +83,7 @@ def test_targets_section_is_present(quick_report: str) -> None:
     assert "## Targets" in quick_report
     section = quick_report.split("## Targets", 1)[1].split("## ", 1)[0]
     assert "W2 jax leaves: load >= 10x faster" in section
+    assert "W1 eqx_msg verify (page cache) >= 0.8x memcpy" in section
     assert "PASS" in section or "MISS" in section
 
 
