@@ -13,10 +13,12 @@ from another thread during the call.
 """
 
 from collections.abc import Sequence
-from typing import Any, final
+from typing import final
 
 import numpy as np
 import numpy.typing as npt
+
+from ._record import LeafRecord
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_LEN", "MIN_ALIGNMENT", "MAX_ALIGNMENT", "MAX_HEADER_LEN", "MAX_DEPTH",
@@ -98,8 +100,9 @@ class FileHeader:
     def header_bytes(self) -> bytes:
         """The msgpack header as it was checked at open: a copy, so later decodes see what was checked."""
 
-    def find(self, path: str) -> dict[str, Any] | None:
-        """The record (plus its `index`) of the leaf at key path `path`, or None."""
+    def find(self, path: str) -> LeafRecord | None:
+        """The record (plus its `index`) of the leaf at key path `path`, or None (its `sharding`
+        is not included: `File.records` has it)."""
 
     def leaf_table(
         self,

@@ -16,6 +16,7 @@ from ._errors import (
     LimitError,
 )
 from ._header import Header, without_nil_optionals
+from ._record import LeafRecord
 
 
 def as_bytes_array(data: Any, *, writable: bool = False) -> np.ndarray:
@@ -105,7 +106,7 @@ class File:
         return self._validated
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[LeafRecord]:
         """The leaf records, as dicts."""
         return self.raw["leaves"]
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _core, _dtypes, _place
 from ._errors import DTypeError, HeaderError, LayoutError, at, warn
+from ._record import LeafRecord
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
@@ -19,7 +20,7 @@ _PLACED = frozenset({"jax", "key"})  # kinds that go to a device
 _KEYS_ONLY = frozenset({"key"})  # with as_numpy: numpy has no typed PRNG keys
 
 
-def host_array(record: dict[str, Any], source: Any) -> np.ndarray:
+def host_array(record: LeafRecord, source: Any) -> np.ndarray:
     """The bytes to store for one leaf with data: C-contiguous, little-endian, sub-byte types packed.
 
     Device arrays come to the host here (one leaf at a time).
@@ -49,7 +50,7 @@ class Table(NamedTuple):
     which: Sequence[int]
 
 
-def table_of(records: Sequence[dict[str, Any]]) -> Table:
+def table_of(records: Sequence[LeafRecord]) -> Table:
     """The `Table` of decoded leaf records."""
     types: dict[tuple[str, tuple[int, ...], bool, str | None], int] = {}
     which = [types.setdefault(_type_key(r), len(types)) for r in records]
@@ -142,7 +143,7 @@ def refuse_unreadable(
                 raise DTypeError(f"{at(paths()[i])}: {err}") from None
 
 
-def _type_key(record: dict[str, Any]) -> tuple[str, tuple[int, ...], bool, str | None]:
+def _type_key(record: LeafRecord) -> tuple[str, tuple[int, ...], bool, str | None]:
     """A record's `(dtype, shape, weak_type, key_impl)`."""
     return (
         record["dtype"],
@@ -226,7 +227,7 @@ def _warn_x64(indices: Sequence[int], paths: Callable[[], Sequence[str]] | None)
     )
 
 
-def abstract_leaf(record: dict[str, Any]) -> jax.ShapeDtypeStruct:
+def abstract_leaf(record: LeafRecord) -> jax.ShapeDtypeStruct:
     """The `jax.ShapeDtypeStruct` a record describes (typed PRNG keys included)."""
     return _type(*_type_key(record)).abstract
 

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from ._errors import ShardingError, at
+from ._record import LeafRecord, ShardingRecord
 
 try:  # private, but the cheapest array construction JAX has; guarded so a jax upgrade only slows us
     from jax._src import core as _jax_core
@@ -117,7 +118,7 @@ def _single_device(device: Any) -> Any:
     return device
 
 
-def sharding_record(array: jax.Array) -> dict[str, Any] | None:
+def sharding_record(array: jax.Array) -> ShardingRecord | None:
     """How a jax.Array is laid out (FORMAT.md section 7), or None unless it has a NamedSharding."""
     sharding = getattr(array, "sharding", None)
     if type(sharding) is SingleDeviceSharding or not isinstance(sharding, NamedSharding):
@@ -132,7 +133,7 @@ def sharding_record(array: jax.Array) -> dict[str, Any] | None:
     }
 
 
-def saved_sharding(record: dict[str, Any], path: str) -> NamedSharding | None:
+def saved_sharding(record: LeafRecord, path: str) -> NamedSharding | None:
     """Rebuild the `NamedSharding` a leaf was saved with; `ShardingError` if its devices are not
     all here or they cannot hold it.
 
@@ -161,7 +162,7 @@ def saved_sharding(record: dict[str, Any], path: str) -> NamedSharding | None:
 
 
 def resolve_shardings(
-    sharding: Any, records: Sequence[dict[str, Any]], abstract: Callable[[int], Any]
+    sharding: Any, records: Sequence[LeafRecord], abstract: Callable[[int], Any]
 ) -> list[Sharding | None] | None:
     """One sharding (or None) per record from load's `sharding=`.
 

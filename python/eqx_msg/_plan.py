@@ -18,6 +18,7 @@ from ._errors import (
     UnserialisableError,
 )
 from ._header import FORMAT_NAME
+from ._record import LeafRecord
 
 WRITER = {
     "eqx_msg": _core.__version__,
@@ -32,7 +33,7 @@ class Plan(NamedTuple):
     """What a writer needs: the encoded header, and per leaf its record (with range) and source."""
 
     header: bytes
-    records: list[dict[str, Any]]
+    records: list[LeafRecord]
     sources: list[Any]
     data_nbytes: int
 

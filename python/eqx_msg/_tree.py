@@ -35,6 +35,7 @@ from ._errors import (
     Where,
     at,
 )
+from ._record import LeafRecord
 
 _ArrayImpl = type(jax.numpy.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
@@ -129,7 +130,7 @@ class Flat(NamedTuple):
     """A flattened pytree: the header's tree node, the leaf records, and the leaf objects."""
 
     tree: dict[str, Any] | int
-    records: list[dict[str, Any]]
+    records: list[LeafRecord]
     sources: list[Any]
 
 
@@ -138,13 +139,13 @@ def flatten(tree: Any) -> Flat:
 
     An array leaf's node is the plain integer index of its record (compact for many small leaves).
     """
-    records: list[dict[str, Any]] = []
+    records: list[LeafRecord] = []
     sources: list[Any] = []
     return Flat(_Flattener(records, sources).walk(tree, ""), records, sources)
 
 
 class _Flattener:
-    def __init__(self, records: list[dict[str, Any]], sources: list[Any]):
+    def __init__(self, records: list[LeafRecord], sources: list[Any]):
         self.records = records
         self.sources = sources
         self.depth = 0  # containers open around the node being walked
@@ -256,7 +257,7 @@ class _Flattener:
         return len(self.records) - 1
 
 
-def leaf_record(obj: Any, path: str) -> dict[str, Any]:
+def leaf_record(obj: Any, path: str) -> LeafRecord:
     """The header record of an array leaf, without `offset`/`nbytes` (the writer adds them)."""
     if isinstance(obj, np.ndarray):
         if isinstance(obj, np.ma.MaskedArray):
@@ -273,12 +274,15 @@ def leaf_record(obj: Any, path: str) -> dict[str, Any]:
     if isinstance(obj, np.generic):
         return {"path": path, "kind": "numpy_scalar", "dtype": _dtype(obj.dtype, path), "shape": []}
     if isinstance(obj, jax.ShapeDtypeStruct):
-        record: dict[str, Any] = {"path": path, "kind": "abstract"}
+        record: LeafRecord
         if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
             impl = obj.dtype._impl
-            record.update(dtype="uint32", shape=[*obj.shape, *impl.key_shape], key_impl=impl.name)
+            key_shape = [*obj.shape, *impl.key_shape]
+            record = {"path": path, "kind": "abstract", "dtype": "uint32", "shape": key_shape}
+            record["key_impl"] = impl.name
         else:
-            record.update(dtype=_dtype(obj.dtype, path), shape=list(obj.shape))
+            dtype_name, shape = _dtype(obj.dtype, path), list(obj.shape)
+            record = {"path": path, "kind": "abstract", "dtype": dtype_name, "shape": shape}
         if obj.weak_type:
             record["weak_type"] = True
         return record

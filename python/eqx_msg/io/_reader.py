@@ -21,6 +21,7 @@ from .._errors import (
 )
 from .._header import Header
 from .._options import Load, LoadOptions
+from .._record import LeafRecord
 from . import _sources
 
 if TYPE_CHECKING:
@@ -248,11 +249,11 @@ class Reader:
         are not named (see `_tree.subtree_paths`)."""
         return _tree.subtree_paths(_file.decode_tree(self._file.header.tree()), wanted)
 
-    def _find(self, key: str) -> dict[str, Any] | None:
+    def _find(self, key: str) -> LeafRecord | None:
         """The record at key path `key` (without its sharding entry: `get` decodes for "saved")."""
         return self._file.header.find(key)
 
-    def _record(self, key: str) -> dict[str, Any]:
+    def _record(self, key: str) -> LeafRecord:
         record = self._find(key)
         if record is None and key in self._subtree_paths([key])[0]:
             raise KeyPathError(

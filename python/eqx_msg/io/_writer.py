@@ -14,6 +14,7 @@ from .. import _core, _leaves, _plan
 from .._errors import (
     LayoutError,
 )
+from .._record import LeafRecord
 from . import _atomic
 
 PathLike = str | os.PathLike[str]
@@ -213,7 +214,7 @@ class _Block:
         self.arrays: list[np.ndarray] = []  # the leaves' stored bytes
         self.end = 0
 
-    def add(self, index: int, record: dict[str, Any], source: Any) -> bool:
+    def add(self, index: int, record: LeafRecord, source: Any) -> bool:
         """Take one leaf; False (taking nothing) if the block would grow past its size."""
         end = record["offset"] + record["nbytes"]
         if not self.arrays:
@@ -238,7 +239,7 @@ class _Block:
         self.arrays.clear()
 
 
-def _host_chunks(record: dict[str, Any], source: Any) -> Iterator[np.ndarray]:
+def _host_chunks(record: LeafRecord, source: Any) -> Iterator[np.ndarray]:
     """A leaf's stored bytes in order: shard by shard for row-sharded jax arrays, else whole."""
     shards = _row_shards(source) if record["kind"] == "jax" else None
     if shards is None:
