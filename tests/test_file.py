@@ -412,10 +412,10 @@ def test_filter_must_be_bools_at_key_paths_of_the_file(tmp_path):
     np.testing.assert_array_equal(part["enc"]["w"], np.ones(2))
 
 
-def test_save_takes_bytes_paths_and_keeps_a_symlink(tmp_path):
+def test_save_keeps_a_symlink(tmp_path):
     real = tmp_path / "real.eqx"
     link = tmp_path / "link.eqx"
-    eqx_msg.save(os.fsencode(real), {"w": np.ones(2)})
+    eqx_msg.save(str(real), {"w": np.ones(2)})
     link.symlink_to(real)
     eqx_msg.save(link, {"w": np.zeros(3)})
     assert link.is_symlink() and os.readlink(link) == str(real)
@@ -524,3 +524,15 @@ def test_the_load_options_are_one_set_spelled_out_once(tmp_path):
         assert np.array_equal(reader.load(verify=True, as_numpy=True)["w"], np.arange(3.0))
     with pytest.raises(eqx_msg.ShardingError, match="as_numpy"):
         eqx_msg.loads(data, as_numpy=True, device=jax.devices()[0])
+
+
+def test_bytes_are_contents_so_a_bytes_path_is_refused_with_a_hint(tmp_path):
+    path = tmp_path / "m.eqx"
+    eqx_msg.save(path, {"w": np.ones(3)})
+    with pytest.raises(eqx_msg.MagicError, match="these bytes name a file: pass the path as a str"):
+        eqx_msg.open(os.fsencode(path))
+    with pytest.raises(eqx_msg.MagicError, match="name a file"):
+        eqx_msg.load(os.fsencode(path))
+    with pytest.raises(TypeError, match="bytes path"):
+        eqx_msg.save(os.fsencode(path), {"w": 1})
+    assert np.array_equal(eqx_msg.load(os.fspath(path))["w"], np.ones(3))

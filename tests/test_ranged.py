@@ -370,3 +370,43 @@ def test_a_damaged_file_gets_the_same_verdict_from_every_source(name):
         eqx_msg.loads(data)
     verdicts.append(type(info.value))
     assert len(set(verdicts)) == 1, verdicts
+
+
+def test_a_header_longer_than_the_source_is_refused_after_the_first_read():
+    data = bytearray(eqx_msg.dumps({"w": np.ones(1 << 20)}))  # 8 MiB
+    data[8:16] = struct.pack("<Q", 200 << 20)  # a 200 MiB header
+    f = CountingFile(bytes(data))
+    with pytest.raises(eqx_msg.LengthError, match="truncated header") as ranged:
+        eqx_msg.open(f)
+    assert f.reads == [(0, 64 << 10)]
+    with pytest.raises(eqx_msg.LengthError) as mapped:
+        eqx_msg.open(bytes(data))
+    assert str(ranged.value) == str(mapped.value)  # the core's one verdict
+
+
+def test_threads_sharing_one_data_verifier_never_deadlock():
+    # (the binding took the verifier's lock, then released the GIL: a second thread waiting for
+    # the lock with the GIL held stopped both)
+    import threading
+
+    data = eqx_msg.dumps({"w": np.zeros(8 << 20, np.uint8)})
+    with eqx_msg.open(data) as reader:
+        header = reader._file.header
+    verifier = header.verifier()
+    section = np.frombuffer(data, np.uint8)[header.data_start :]
+    pieces = np.array_split(section, 8)
+
+    def feed(piece):
+        for chunk in np.array_split(piece, 16):
+            verifier.feed(chunk)
+
+    threads = [threading.Thread(target=feed, args=(p,)) for p in pieces]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert verifier.remaining == 0
+    verifier.finish()  # all zeros: any order of equal chunks sums the same
+    with pytest.raises(eqx_msg.LayoutError, match="finished"):
+        verifier.feed(pieces[0])

@@ -18,6 +18,7 @@ from .._errors import (
     ClosedError,
     KeyPathError,
     LengthError,
+    MagicError,
 )
 from .._header import Header
 from .._options import Load, LoadOptions
@@ -33,15 +34,15 @@ PathLike = str | os.PathLike[str]
 
 @_options.documented
 def load(source: PathLike | Any, **options: Unpack[LoadOptions]) -> Any:
-    """Load a pytree from a file by memory-mapping it: nothing is read until it is used.
+    """Load a pytree from a file: a path is memory-mapped, so nothing is read until it is used.
 
     **Arguments:**
     - `source`: the file: a path (memory-mapped), or anything `eqx_msg.open` takes (bytes, a
       binary file object, an object with `read_into`), read by range.
     {options}
 
-    **Returns:** the pytree. numpy leaves are read-only views into the map, which stays open while any
-    array uses it. Replace the file only with `save` (a rename) while they are in use: writing into
+    **Returns:** the pytree. From a path, numpy leaves are read-only views into the map, which stays
+    open while any array uses it (from other sources, arrays in aligned buffers of their own). Replace the file only with `save` (a rename) while they are in use: writing into
     it in place (`cp`, truncation) changes them, or ends the process with SIGBUS.
     """
     load = Load.of(options, "load")
@@ -107,7 +108,10 @@ class Reader:
             else:
                 buf = _file.as_bytes_array(source)
                 self.name = f"<{type(source).__name__} of {len(buf)} bytes>"
-                self._file = _file.File(buf)
+                try:
+                    self._file = _file.File(buf)
+                except (MagicError, LengthError) as err:
+                    raise type(err)(f"{err}{_path_hint(source)}") from None
         self._closed = False
 
     @property
@@ -163,7 +167,8 @@ class Reader:
         return _leaves.build_leaves(table, self._arrays([index]), device, shardings)[0]
 
     def verify(self) -> None:
-        """Check every byte of the file against its checksums, using all cores.
+        """Check every byte of the file against its checksums (in memory: using all cores; from a
+        source read by range: streamed in chunks of 16 MiB).
 
         **Raises:** `ChecksumError` naming every damaged leaf by key path (its `paths`), the first
         nonzero padding byte, or that the file has no checksums (written before eqx_msg 0.2.0).
@@ -268,6 +273,17 @@ class Reader:
                 + (f"; did you mean {close}?" if close else "")
             )
         return record
+
+
+def _path_hint(data: Any) -> str:
+    """A hint for bytes that are not a file but name one: bytes are contents, never a path."""
+    if isinstance(data, bytes) and 0 < len(data) < 4096 and b"\0" not in data:
+        with contextlib.suppress(OSError, ValueError):
+            if os.path.isfile(os.fsdecode(data)):
+                return (
+                    f" (these bytes name a file: pass the path as a str, os.fsdecode({data!r:.60}))"
+                )
+    return ""
 
 
 def _map(path: str) -> mmap.mmap:

@@ -179,8 +179,9 @@ def read_head(source: Source) -> tuple[_core.FileHeader, np.ndarray]:
         raise LengthError(f"{source.name}: {source.size} bytes is too short for an eqx_msg file")
     first = aligned_empty(min(source.size, _FIRST_READ))
     read_exact(source, 0, first)
-    # Magic and version checked; a header longer than the source is refused by from_head.
-    header_len = _core.header_len(bytes(first[: _core.PREFIX_LEN]))
+    header_len = _core.header_len(bytes(first[: _core.PREFIX_LEN]))  # (magic, version checked)
+    if _core.PREFIX_LEN + header_len > source.size:  # refused now, not after reading it all
+        _core.FileHeader.from_head(first, source.size)  # (the core's verdict: it raises)
     wanted = min(source.size, _core.PREFIX_LEN + header_len + _PADDING_GUESS)
     head = first
     if wanted > len(first):

@@ -33,7 +33,7 @@ def save(
     """Write a pytree to a file, streaming leaf by leaf; atomic when `target` is a path.
 
     **Arguments:**
-    - `target`: a path, or a writable binary file object.
+    - `target`: a path (`str` or path-like), or a writable binary file object.
     - `tree`, `metadata`, `alignment`: as for `eqx_msg.dumps`.
 
     A path is written to a temporary file in the same directory, fsynced and renamed over the target,
@@ -46,8 +46,14 @@ def save(
     is about one leaf (device arrays come to the host one at a time; row-sharded arrays one shard at
     a time).
     """
+    if isinstance(target, bytes | bytearray | memoryview):
+        raise TypeError(
+            "save(target, ...) takes a str path, a path-like or a writable binary file object; "
+            "bytes are a file's contents to eqx_msg.open and load, so a bytes path is not taken "
+            "(pass os.fsdecode(path))"
+        )
     planned = _plan.plan(tree, metadata, alignment)
-    if isinstance(target, str | bytes | os.PathLike):
+    if isinstance(target, str | os.PathLike):
         _atomic.replace(os.fsdecode(target), lambda f: _write_file(f, planned))
     else:
         _write(target, planned)

@@ -270,6 +270,8 @@ pub struct StreamVerifier {
     next: usize,
     pos: u64,
     data_start: u64,
+    /// Length of the data section (segments are sorted by start: the last need not end last).
+    data_nbytes: u64,
     /// The first nonzero padding byte seen, reported after damaged leaves (as `Reader::verify`).
     padding: Option<Error>,
 }
@@ -300,13 +302,14 @@ impl StreamVerifier {
             next: 0,
             pos: 0,
             data_start,
+            data_nbytes: header.data_nbytes,
             padding: None,
         })
     }
 
     /// Bytes of the data section still to be fed.
     pub fn remaining(&self) -> u64 {
-        self.segments.last().map_or(0, |s| s.1) - self.pos
+        self.data_nbytes - self.pos // (feed never takes more than the section holds)
     }
 
     /// Feeds the next bytes of the data section; fails only on more bytes than it has.

@@ -184,3 +184,25 @@ fn a_streamed_verify_refuses_too_few_or_too_many_bytes() {
     more.push(0);
     assert_eq!(long.feed(&more).unwrap_err().kind(), ErrorKind::Layout);
 }
+
+#[test]
+fn a_streamed_verify_counts_the_data_section_not_its_last_segment() {
+    // An empty leaf inside the last leaf's bytes: segments sorted by start end with the empty one.
+    let leaves = vec![
+        leaf(".a", "numpy", "float32", &[32], Some((0, 128))),
+        leaf(".z", "numpy", "float32", &[0], Some((64, 0))),
+    ];
+    let data: Vec<u8> = (0..128u8).collect();
+    let file = assemble(
+        &enc(&header(64, 128, leaves)),
+        &[Some(&data[..]), Some(&[][..])],
+    )
+    .unwrap();
+    check(&file).unwrap();
+    let head = eqx_msg_core::parse_head(&file, file.len() as u64).unwrap();
+    let verifier = StreamVerifier::new(&head.header, head.data_start as u64).unwrap();
+    assert_eq!(verifier.remaining(), 128);
+    for chunk in [1, 64, 1 << 20] {
+        check_streamed(&file, chunk).unwrap();
+    }
+}

@@ -534,44 +534,48 @@ struct DataVerifier {
 impl DataVerifier {
     /// Bytes of the data section still to be fed.
     #[getter]
-    fn remaining(&self) -> PyResult<u64> {
-        let mut guard = self.lock()?;
-        Ok(DataVerifier::open(&mut guard)?.remaining())
+    fn remaining(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |v| Ok(v.remaining()))
     }
 
     /// Feeds the next bytes of the data section (GIL released); `LayoutError` past its end.
     fn feed(&self, py: Python<'_>, chunk: PyReadonlyArray1<'_, u8>) -> PyResult<()> {
         let bytes = u8_slice(&chunk, "the chunk")?;
-        let mut guard = self.lock()?;
-        let verifier = DataVerifier::open(&mut guard)?;
-        py.detach(|| verifier.feed(bytes)).map_err(py_err)
+        self.with(py, |v| v.feed(bytes))
     }
 
     /// Once every byte has been fed: `ChecksumError` naming every damaged leaf, else the first
     /// nonzero padding byte.
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
-        let verifier = self.lock()?.take().ok_or_else(finished)?;
         let leaves = &self.header.get().leaves;
-        py.detach(|| verifier.finish(leaves)).map_err(py_err)
+        py.detach(|| {
+            let taken = self.verifier.lock().ok().and_then(|mut v| v.take());
+            taken.map(|verifier| verifier.finish(leaves))
+        })
+        .ok_or_else(unusable)?
+        .map_err(py_err)
     }
 }
 
 impl DataVerifier {
-    /// The verifier's lock.
-    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, Option<eqx::StreamVerifier>>> {
-        self.verifier
-            .lock()
-            .map_err(|_| raise(ErrorKind::Layout, "a feed failed in another thread".into()))
-    }
-
-    /// The verifier in `guard`, unless it has finished.
-    fn open(guard: &mut Option<eqx::StreamVerifier>) -> PyResult<&mut eqx::StreamVerifier> {
-        guard.as_mut().ok_or_else(finished)
+    /// Runs `f` on the verifier with the GIL released. The lock is taken only once the GIL is
+    /// released, so a thread waiting for it never holds the GIL the holder needs back.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut eqx::StreamVerifier) -> eqx::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut guard = self.verifier.lock().ok()?;
+            guard.as_mut().map(f)
+        })
+        .ok_or_else(unusable)?
+        .map_err(py_err)
     }
 }
 
-/// The error for a verifier used after `finish`.
-fn finished() -> PyErr {
+/// The error for a verifier used after `finish` (or after a feed panicked).
+fn unusable() -> PyErr {
     raise(
         ErrorKind::Layout,
         "the verifier has finished already".into(),
