@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -29,6 +29,7 @@ class _Layout:
     names: tuple[str, ...]  # the static fields, in the class's field order
     template: tuple[Any, ...]  # the flatten data of a bare instance, markers in the fields' places
     places: tuple[int, ...]  # per name, its index in `template`
+    name_set: frozenset[str]
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def _layout(cls: type) -> _Layout | None:
         places.append(found[0])
     if any(isinstance(item, _Marker) for i, item in enumerate(template) if i not in places):
         return None
-    return _Layout(names, template, tuple(places))
+    return _Layout(names, template, tuple(places), frozenset(names))
 
 
 class _Marker:
@@ -83,32 +84,35 @@ def static_fields(cls: Any, aux: Any) -> dict[str, Any] | None:
 
 
 def flatten_data(
-    cls: Any, values: Mapping[str, Any], cls_name: str, where: Where
+    cls: Any, stored: dict[Any, Any], decode: Callable[[Any], Any], cls_name: str, where: Where
 ) -> tuple[Any, ...]:
-    """The flatten data that rebuilds a Module of class `cls` (stored as `cls_name`) whose static
-    fields are `values`, by name; `StructureMismatchError` if the class's static fields now differ
-    from the file's."""
-    if not (isinstance(cls, type) and issubclass(cls, eqx.Module)):
-        raise HeaderError(
-            f"{at(where)}: a node of class {cls_name} stores static fields by name, which only "
-            "Equinox Modules have"
-        )
-    layout = _layout(cls)
+    """The flatten data that rebuilds a Module of class `cls` (stored as `cls_name`) from its
+    static fields by name, `stored` (each value decoded by `decode`); `HeaderError` for a map that
+    is not of field names or a class that is not a Module, `StructureMismatchError` if the class's
+    static fields now differ from the file's."""
+    layout = _layout(cls) if isinstance(cls, type) and issubclass(cls, eqx.Module) else None
     if layout is None:
-        raise HeaderError(
-            f"{at(where)}: {cls_name} flattens its static fields its own way, so they cannot be "
-            "given by name"
+        what = (
+            "is no Equinox Module"
+            if not isinstance(cls, type) or not issubclass(cls, eqx.Module)
+            else "flattens its static fields its own way"
         )
-    if set(values) != set(layout.names):
-        missing = [n for n in layout.names if n not in values]
-        extra = [n for n in values if n not in layout.names]
+        raise HeaderError(
+            f"{at(where)}: a node of class {cls_name} stores static fields by name, but the class "
+            f"{what} (only Equinox Modules have static fields by name)"
+        )
+    if stored.keys() != layout.name_set:
+        if not all(type(name) is str for name in stored):
+            raise HeaderError(f"{at(where)}: a node's static is a map of field names to values")
+        missing = [n for n in layout.names if n not in stored]
+        extra = [n for n in stored if n not in layout.name_set]
         raise StructureMismatchError(
-            f"{at(where)}: the file's {cls_name} has static fields {list(values)}, but the class "
+            f"{at(where)}: the file's {cls_name} has static fields {list(stored)}, but the class "
             f"now has {list(layout.names)} (missing from the file: {missing}; not in the class: "
             f"{extra}). The class has changed since the file was written; load with "
             "like=<an instance of the class as it is now> to match leaves by key path instead."
         )
     data = list(layout.template)
     for name, i in zip(layout.names, layout.places):
-        data[i] = values[name]
+        data[i] = decode(stored[name])
     return tuple(data)

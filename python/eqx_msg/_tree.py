@@ -476,17 +476,18 @@ class _Builder:
 
     def flatten_data(self, cls: Any, node: dict[str, Any], where: Where) -> Any:
         """A `node`'s flatten data: its `aux`, or that of a Module's `static` fields by name."""
-        if ("aux" in node) == ("static" in node):
+        stored = node.get("static")
+        if ("aux" in node) == (stored is not None):
             raise HeaderError(
                 f"{at(where)}: a 'node' holds either aux or static, not both or neither"
             )
-        if "aux" in node:
+        if stored is None:
             return _static.decode(node["aux"], self.allow, where)
-        stored = node["static"]
-        if type(stored) is not dict or not all(type(name) is str for name in stored):
+        if type(stored) is not dict:
             raise HeaderError(f"{at(where)}: a node's static is a map of field names to values")
-        values = {name: _static.decode(value, self.allow, where) for name, value in stored.items()}
-        return _modules.flatten_data(cls, values, node["cls"], where)
+        return _modules.flatten_data(
+            cls, stored, lambda value: _static.decode(value, self.allow, where), node["cls"], where
+        )
 
 
 def _field_key(fields: list[str], i: int) -> str:
@@ -523,13 +524,14 @@ _CHANGED = (
 def _check_keys(node: dict[str, Any], now: list[str], where: Where) -> None:
     """Refuse a node whose saved child keys differ from what its class has now."""
     saved = node.get("keys")
-    if saved is not None and not (type(saved) is list and all(type(k) is str for k in saved)):
+    if saved is None or saved == now:  # (`now` holds str only: equal keys are well formed)
+        return
+    if not (type(saved) is list and all(type(k) is str for k in saved)):
         raise HeaderError(f"{at(where)}: a node's keys are an array of str, not {saved!r:.60}")
-    if saved is not None and saved != now:
-        raise StructureMismatchError(
-            f"{at(where)}: the file's {node.get('cls')} has children {saved}, but the class "
-            f"now has {now}. {_CHANGED}"
-        )
+    raise StructureMismatchError(
+        f"{at(where)}: the file's {node.get('cls')} has children {saved}, but the class "
+        f"now has {now}. {_CHANGED}"
+    )
 
 
 def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]]:
