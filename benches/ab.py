@@ -7,8 +7,8 @@
 B is a directory holding an `eqx_msg` package with its built `_core` extension (e.g. a worktree of
 an older commit: `git worktree add /tmp/old COMMIT`, `maturin build --release`, and the wheel's
 `_core.abi3.so` copied into `/tmp/old/python/eqx_msg/`). Each build runs in its own worker
-process; each round times every operation once in A, then once in B, so drift on a shared machine
-hits both alike. Cells are medians over the rounds; the last column is B / A (above 1: A is faster).
+process; each round times every operation once in each, A first in one round and B first in the
+next (the second of a pair meets warmer caches), so drift on a shared machine hits both alike. Cells are medians over the rounds; the last column is B / A (above 1: A is faster).
 
 Rows: W1 (a ~1 GiB transformer Module, jax leaves) save + fsync and the same bytes written with
 os.write + fsync in the same worker; W1 load (zero-copy) and `verify` of W1 from the page cache
@@ -155,11 +155,15 @@ def main() -> int:
             builds["B"] = Worker(args.b, args.size_mib, dirs[1])
         ops = builds["A"].ops
         times: dict[tuple[str, str], list[float]] = {}
+        order = list(builds.items())
         for _ in range(args.rounds + 1):  # the first round warms up and is dropped
             for op in ops:
-                for name, w in builds.items():
+                for name, w in order:
                     if op in w.ops:
                         times.setdefault((name, op), []).append(w.time(op))
+            # Whichever build runs second in a pair meets warmer caches (or a busier disk): the
+            # order flips every round, so neither build has it always.
+            order.reverse()
         for w in builds.values():
             w.close()
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
