@@ -125,3 +125,17 @@ def test_a_tree_nested_to_the_limit_validates_in_linear_time():
 
 def _too_slow(signum, frame):
     raise AssertionError("validating the header took more than 30 s")
+
+
+def test_leaf_kinds_and_node_tags_are_one_list_each():
+    import typing
+
+    from eqx_msg import _header, _record, _tree
+
+    assert set(typing.get_args(_header.LeafKind)) == _record.KINDS
+    tags = {v for k, v in vars(_tree.Tag).items() if not k.startswith("_")}
+    node_models = typing.get_args(typing.get_args(_header.Node)[1])[0]
+    modelled = {
+        typing.get_args(m.model_fields["t"].annotation)[0] for m in typing.get_args(node_models)
+    }
+    assert modelled == tags

@@ -12,6 +12,7 @@ from ._file import File, as_bytes_array
 from ._options import Load, LoadOptions
 from ._plan import Plan, plan
 from ._rebuild import rebuild
+from ._record import PLACED, Kind
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -67,7 +68,7 @@ def dumps_size(tree: Any, *, metadata: Any = None, alignment: int = 64) -> int:
 def _host_arrays(planned: Plan) -> list[np.ndarray | None]:
     """The bytes to store for each leaf of a plan (None for abstract leaves)."""
     return [
-        None if r["kind"] == "abstract" else _leaves.host_array(r, s)
+        None if r["kind"] == Kind.ABSTRACT else _leaves.host_array(r, s)
         for r, s in zip(planned.records, planned.sources)
     ]
 
@@ -108,5 +109,5 @@ def _worth_aligning(file: File) -> bool:
         return False
     kinds, _, types, which = file.table
     sizes = [_core.storage_nbytes(dtype, shape) for dtype, shape, _, _ in types]
-    placed = sum(sizes[w] for k, w in zip(kinds, which) if k in ("jax", "key"))
+    placed = sum(sizes[w] for k, w in zip(kinds, which) if k in PLACED)
     return placed >= data_nbytes // 2

@@ -11,13 +11,11 @@ import numpy as np
 
 from . import _core, _dtypes, _place
 from ._errors import DTypeError, HeaderError, LayoutError, at, warn
-from ._record import LeafRecord
+from ._record import KINDS, PLACED, Kind, LeafRecord
 
 # Dtypes a jax.Array holds only with jax_enable_x64 on (JAX narrows them otherwise).
 _X64_ONLY = frozenset({"int64", "uint64", "float64", "complex128"})
-_KINDS = frozenset({"numpy", "numpy_scalar", "jax", "key", "abstract"})
-_PLACED = frozenset({"jax", "key"})  # kinds that go to a device
-_KEYS_ONLY = frozenset({"key"})  # with as_numpy: numpy has no typed PRNG keys
+_KEYS_ONLY = frozenset({Kind.KEY})  # with as_numpy: numpy has no typed PRNG keys
 
 
 def host_array(record: LeafRecord, source: Any) -> np.ndarray:
@@ -26,7 +24,7 @@ def host_array(record: LeafRecord, source: Any) -> np.ndarray:
     Device arrays come to the host here (one leaf at a time).
     """
     kind = record["kind"]
-    array = np.asarray(jax.random.key_data(source) if kind == "key" else source)
+    array = np.asarray(jax.random.key_data(source) if kind == Kind.KEY else source)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     array = np.ascontiguousarray(array)
@@ -170,16 +168,16 @@ def build_leaves(
     warnings.
     """
     # Column-wise, in comprehensions: at 10k leaves a per-leaf Python loop costs as much as JAX.
-    placed_kinds = _KEYS_ONLY if as_numpy else _PLACED
+    placed_kinds = _KEYS_ONLY if as_numpy else PLACED
     types = _types(table)
     kinds, which = table.kinds, table.which
     leaves: list[Any] = list(hosts)
-    unknown = set(kinds) - _KINDS
+    unknown = set(kinds) - KINDS
     if unknown:
         raise LayoutError(f"unknown leaf kinds {sorted(unknown)}")
     for i in [i for i, host in enumerate(hosts) if host is None]:
         leaves[i] = types[which[i]].abstract
-    for i in [i for i, kind in enumerate(kinds) if kind == "numpy_scalar"]:
+    for i in [i for i, kind in enumerate(kinds) if kind == Kind.NUMPY_SCALAR]:
         host = hosts[i]
         if host is not None:
             leaves[i] = host[()]
@@ -199,7 +197,7 @@ def build_leaves(
                 )
     if not jax.config.read("jax_enable_x64") and any(t.x64_only for t in types):
         # 64-bit data stays exact: numpy, never a silently narrowed jax array.
-        numpy_instead = [i for i in to_place if kinds[i] == "jax" and types[which[i]].x64_only]
+        numpy_instead = [i for i in to_place if kinds[i] == Kind.JAX and types[which[i]].x64_only]
         if numpy_instead:
             _warn_x64(numpy_instead, paths)
             skipped = set(numpy_instead)
@@ -213,7 +211,7 @@ def build_leaves(
     )
     for i, array in zip(to_place, placed):
         leaves[i] = array
-    for i in [i for i in to_place if kinds[i] == "key"]:
+    for i in [i for i in to_place if kinds[i] == Kind.KEY]:
         leaves[i] = jax.random.wrap_key_data(leaves[i], impl=types[which[i]].key_impl)
     return leaves
 

@@ -18,7 +18,7 @@ from ._errors import (
     UnserialisableError,
 )
 from ._header import FORMAT_NAME
-from ._record import LeafRecord
+from ._record import Kind, LeafRecord
 
 WRITER = {
     "eqx_msg": _core.__version__,
@@ -51,7 +51,7 @@ def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
         )
     with _gc.paused():
         flat = _tree.flatten(tree)
-    stored = [r for r in flat.records if r["kind"] != "abstract"]
+    stored = [r for r in flat.records if r["kind"] != Kind.ABSTRACT]
     sizes = [_core.storage_nbytes(r["dtype"], r["shape"]) for r in stored]
     offsets, data_nbytes = _core.layout(sizes, alignment)
     for record, offset, nbytes in zip(stored, offsets, sizes):

@@ -10,6 +10,21 @@ from __future__ import annotations
 from typing import Any, NotRequired, TypedDict
 
 
+class Kind:
+    """A leaf record's `kind` (FORMAT.md section 3): the one place Python spells them (the
+    pydantic model's `LeafKind` literal, for the schema, is checked against `KINDS` by a test)."""
+
+    NUMPY = "numpy"
+    NUMPY_SCALAR = "numpy_scalar"
+    JAX = "jax"
+    KEY = "key"
+    ABSTRACT = "abstract"
+
+
+KINDS = frozenset({Kind.NUMPY, Kind.NUMPY_SCALAR, Kind.JAX, Kind.KEY, Kind.ABSTRACT})
+PLACED = frozenset({Kind.JAX, Kind.KEY})  # the kinds that go to a device
+
+
 class ShardingRecord(TypedDict):
     """How a jax leaf was laid out over devices when saved (FORMAT.md section 7)."""
 

@@ -35,7 +35,7 @@ from ._errors import (
     Where,
     at,
 )
-from ._record import LeafRecord
+from ._record import Kind, LeafRecord
 
 _ArrayImpl = type(jax.numpy.zeros(()))
 _LEAF_TREEDEF = jtu.tree_structure(0)
@@ -160,7 +160,7 @@ class _Flattener:
         if kind is np.ndarray:  # the hot path for many small leaves, inlined
             name = _dtypes.name_cache.get(obj.dtype) or _dtype(obj.dtype, path)
             self.records.append(
-                {"path": path, "kind": "numpy", "dtype": name, "shape": list(obj.shape)}
+                {"path": path, "kind": Kind.NUMPY, "dtype": name, "shape": list(obj.shape)}
             )
             self.sources.append(obj)
             return len(self.sources) - 1
@@ -267,22 +267,27 @@ def leaf_record(obj: Any, path: str) -> LeafRecord:
             )
         return {
             "path": path,
-            "kind": "numpy",
+            "kind": Kind.NUMPY,
             "dtype": _dtype(obj.dtype, path),
             "shape": list(obj.shape),
         }
     if isinstance(obj, np.generic):
-        return {"path": path, "kind": "numpy_scalar", "dtype": _dtype(obj.dtype, path), "shape": []}
+        return {
+            "path": path,
+            "kind": Kind.NUMPY_SCALAR,
+            "dtype": _dtype(obj.dtype, path),
+            "shape": [],
+        }
     if isinstance(obj, jax.ShapeDtypeStruct):
         record: LeafRecord
         if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
             impl = obj.dtype._impl
             key_shape = [*obj.shape, *impl.key_shape]
-            record = {"path": path, "kind": "abstract", "dtype": "uint32", "shape": key_shape}
+            record = {"path": path, "kind": Kind.ABSTRACT, "dtype": "uint32", "shape": key_shape}
             record["key_impl"] = impl.name
         else:
             dtype_name, shape = _dtype(obj.dtype, path), list(obj.shape)
-            record = {"path": path, "kind": "abstract", "dtype": dtype_name, "shape": shape}
+            record = {"path": path, "kind": Kind.ABSTRACT, "dtype": dtype_name, "shape": shape}
         if obj.weak_type:
             record["weak_type"] = True
         return record
@@ -297,7 +302,7 @@ def leaf_record(obj: Any, path: str) -> LeafRecord:
         impl = dtype._impl
         record = {
             "path": path,
-            "kind": "key",
+            "kind": Kind.KEY,
             "dtype": "uint32",
             "shape": [*obj.shape, *impl.key_shape],
             "key_impl": impl.name,
@@ -305,7 +310,7 @@ def leaf_record(obj: Any, path: str) -> LeafRecord:
     else:
         record = {
             "path": path,
-            "kind": "jax",
+            "kind": Kind.JAX,
             "dtype": _dtype(dtype, path),
             "shape": list(obj.shape),
         }

@@ -22,7 +22,7 @@ from .._errors import (
 )
 from .._header import Header
 from .._options import Load, LoadOptions
-from .._record import LeafRecord
+from .._record import Kind, LeafRecord
 from . import _sources
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class Reader:
         if not isinstance(key, str):
             raise KeyPathError(f"{key!r}: leaves are looked up by key path strings such as '.w'")
         record = self._record(key)
-        if record["kind"] == "abstract":
+        if record["kind"] == Kind.ABSTRACT:
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
         (view,) = self._arrays([record["index"]])
         if view is None:  # pragma: no cover - only abstract leaves have none, refused above
@@ -180,7 +180,7 @@ class Reader:
     def slice(self, key: str) -> _Slice:
         """`reader.slice(key)[idx]` reads only the rows (first axis) asked for: a numpy copy."""
         record = self._record(key)
-        if record["kind"] == "abstract":
+        if record["kind"] == Kind.ABSTRACT:
             raise KeyPathError(f"{key}: an abstract leaf (ShapeDtypeStruct) has no data")
         self._check_open()
         index = record["index"]

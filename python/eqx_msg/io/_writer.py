@@ -14,7 +14,7 @@ from .. import _core, _leaves, _plan
 from .._errors import (
     LayoutError,
 )
-from .._record import LeafRecord
+from .._record import Kind, LeafRecord
 from . import _atomic
 
 PathLike = str | os.PathLike[str]
@@ -116,7 +116,7 @@ def _write_leaves(sink: _Sink, planned: _plan.Plan) -> list[int]:
     crcs = [0] * len(planned.records)
     block = _Block()
     for index, (record, source) in enumerate(zip(planned.records, planned.sources)):
-        if record["kind"] == "abstract":
+        if record["kind"] == Kind.ABSTRACT:
             continue
         if record["nbytes"] <= _SMALL_LEAF:
             if not block.add(index, record, source):
@@ -247,7 +247,7 @@ class _Block:
 
 def _host_chunks(record: LeafRecord, source: Any) -> Iterator[np.ndarray]:
     """A leaf's stored bytes in order: shard by shard for row-sharded jax arrays, else whole."""
-    shards = _row_shards(source) if record["kind"] == "jax" else None
+    shards = _row_shards(source) if record["kind"] == Kind.JAX else None
     if shards is None:
         yield _flat_bytes(_leaves.host_array(record, source))
         return
