@@ -90,6 +90,10 @@ class File:
         """Check every byte against the file's checksums (Rust, all cores); `ChecksumError` if not."""
         self.header.verify(self.buf)
 
+    def close(self) -> None:
+        """Keep only the prefix and header (the header stays readable; the data does not)."""
+        self.buf = np.array(self.buf[: self.data_start])
+
     @property
     def raw(self) -> dict[str, Any]:
         """The header decoded by `msgpack` (first use only)."""

@@ -30,6 +30,7 @@ class _Layout:
     template: tuple[Any, ...]  # the flatten data of a bare instance, markers in the fields' places
     places: tuple[int, ...]  # per name, its index in `template`
     name_set: frozenset[str]
+    rest: tuple[int, ...]  # the other indices of `template`: what a Module's data must share
 
 
 @functools.cache
@@ -58,7 +59,12 @@ def _layout(cls: type) -> _Layout | None:
         places.append(found[0])
     if any(isinstance(item, _Marker) for i, item in enumerate(template) if i not in places):
         return None
-    return _Layout(names, template, tuple(places), frozenset(names))
+    rest = tuple(i for i in range(len(template)) if i not in places)
+    return _Layout(names, template, tuple(places), frozenset(names), rest)
+
+
+def _is_module(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, eqx.Module)
 
 
 class _Marker:
@@ -72,13 +78,10 @@ def static_fields(cls: Any, aux: Any) -> dict[str, Any] | None:
     """A Module's flatten data `aux` as `{static field name: value}` (class field order), or None
     where it cannot be: not a Module, a class with its own flatten rule, or data that differs from
     the class's layout elsewhere than in the static fields (then the file stores `aux` as it is)."""
-    if not (isinstance(cls, type) and issubclass(cls, eqx.Module)) or not isinstance(aux, tuple):
-        return None
-    layout = _layout(cls)
+    layout = _layout(cls) if _is_module(cls) and isinstance(aux, tuple) else None
     if layout is None or len(aux) != len(layout.template):
         return None
-    rest = [i for i in range(len(aux)) if i not in layout.places]
-    if any(aux[i] is not layout.template[i] for i in rest):  # (e.g. wrapper fields set)
+    if any(aux[i] is not layout.template[i] for i in layout.rest):  # (e.g. wrapper fields set)
         return None
     return {name: aux[i] for name, i in zip(layout.names, layout.places)}
 
@@ -90,12 +93,10 @@ def flatten_data(
     static fields by name, `stored` (each value decoded by `decode`); `HeaderError` for a map that
     is not of field names or a class that is not a Module, `StructureMismatchError` if the class's
     static fields now differ from the file's."""
-    layout = _layout(cls) if isinstance(cls, type) and issubclass(cls, eqx.Module) else None
+    layout = _layout(cls) if _is_module(cls) else None
     if layout is None:
         what = (
-            "is no Equinox Module"
-            if not isinstance(cls, type) or not issubclass(cls, eqx.Module)
-            else "flattens its static fields its own way"
+            "flattens its static fields its own way" if _is_module(cls) else "is no Equinox Module"
         )
         raise HeaderError(
             f"{at(where)}: a node of class {cls_name} stores static fields by name, but the class "

@@ -42,8 +42,9 @@ def load(source: PathLike | Any, **options: Unpack[LoadOptions]) -> Any:
     {options}
 
     **Returns:** the pytree. From a path, numpy leaves are read-only views into the map, which stays
-    open while any array uses it (from other sources, arrays in aligned buffers of their own). Replace the file only with `save` (a rename) while they are in use: writing into
-    it in place (`cp`, truncation) changes them, or ends the process with SIGBUS.
+    open while any array uses it (from other sources, arrays in aligned buffers of their own).
+    Replace the file only with `save` (a rename) while they are in use: writing into it in place
+    (`cp`, truncation) changes them, or ends the process with SIGBUS.
     """
     load = Load.of(options, "load")
     with open(source) as reader:
@@ -219,10 +220,7 @@ class Reader:
         if self._closed:
             return
         self._closed = True
-        if isinstance(self._file, _sources.RangedFile):
-            self._file.close()
-        else:  # keep the prefix and header (not the data)
-            self._file.buf = np.array(self._file.buf[: self._file.data_start])
+        self._file.close()
         if self._map is not None:
             with contextlib.suppress(BufferError):  # arrays still view the map: unmapped last
                 self._map.close()

@@ -182,21 +182,23 @@ def read_head(source: Source) -> tuple[_core.FileHeader, np.ndarray]:
     header_len = _core.header_len(bytes(first[: _core.PREFIX_LEN]))  # (magic, version checked)
     if _core.PREFIX_LEN + header_len > source.size:  # refused now, not after reading it all
         _core.FileHeader.from_head(first, source.size)  # (the core's verdict: it raises)
-    wanted = min(source.size, _core.PREFIX_LEN + header_len + _PADDING_GUESS)
-    head = first
-    if wanted > len(first):
-        head = aligned_empty(wanted)
-        head[: len(first)] = first
-        read_exact(source, len(first), head[len(first) :])
+    head = _grow(source, first, min(source.size, _core.PREFIX_LEN + header_len + _PADDING_GUESS))
     header = _core.FileHeader.from_head(head, source.size)
-    if header.data_start > len(head):  # a large alignment's padding
-        more = aligned_empty(header.data_start)
-        more[: len(head)] = head
-        read_exact(source, len(head), more[len(head) :])
-        head = more
+    head = _grow(source, head, header.data_start)  # (a large alignment's padding)
     header.check_padding(head)
     head.flags.writeable = False
     return header, head
+
+
+def _grow(source: Source, head: np.ndarray, length: int) -> np.ndarray:
+    """The source's first `length` bytes, given its first `len(head)` in `head`: `head` itself if
+    it holds them, else a new aligned buffer with the rest read in one read."""
+    if length <= len(head):
+        return head
+    longer = aligned_empty(length)
+    longer[: len(head)] = head
+    read_exact(source, len(head), longer[len(head) :])
+    return longer
 
 
 def read_arrays(
@@ -228,8 +230,7 @@ def read_arrays(
         if header.data_start + end <= len(head):
             buffer = head[header.data_start + start : header.data_start + end]
         else:
-            buffer = aligned_empty(end - start)
-            read_exact(source, header.data_start + start, buffer)
+            buffer = read_bytes(source, header, start, end)
             buffer.flags.writeable = False
         arrays = header.arrays(buffer, dtypes, [i for _, _, _, i in group], start)
         for (_, _, k, _), array in zip(group, arrays):
