@@ -446,10 +446,10 @@ def test_static_fields_by_name_survive_a_reordered_class_and_a_changed_one_is_na
 @pytest.mark.parametrize(
     "edit,match",
     [
-        (lambda n: n.update(aux=[None]), "either aux or static"),
-        (lambda n: n.pop("static"), "either aux or static"),
-        (lambda n: n.update(static=[1, 2]), "map of field names"),
-        (lambda n: n.update(static={1: 2}), "map of field names"),
+        (lambda n: n.update(aux=[None]), 'either "aux" or "static"'),
+        (lambda n: n.pop("static"), 'either "aux" or "static"'),
+        (lambda n: n.update(static=[1, 2]), '"static" is a map of field names'),
+        (lambda n: n.update(static={1: 2}), 'field "static" has a non-string key'),
         (lambda n: n.update(cls="builtins.object"), "Equinox Modules"),
     ],
 )

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import eqx_msg
 
@@ -70,6 +71,54 @@ def test_save_to_file_object(tmp_path):
     with path.open("wb") as f:
         eqx_msg.save(f, _model())
     assert_same_tree(_model(), eqx_msg.load(path))
+
+
+def _ways_of_writing(monkeypatch):
+    """Count the file objects `save` writes positionally and those it streams to."""
+    from eqx_msg.io import _writer
+
+    ways: list[str] = []
+    positional, stream = _writer._write_positional, _writer._StreamSink.leaf
+    monkeypatch.setattr(
+        _writer, "_write_positional", lambda *a: ways.append("positional") or positional(*a)
+    )
+    monkeypatch.setattr(_writer._StreamSink, "leaf", lambda *a: ways.append("stream") or stream(*a))
+    return ways
+
+
+@pytest.mark.parametrize("mode", ["wb", "w+b", "xb"])
+def test_a_new_file_object_is_written_positionally_and_left_at_the_end(mode, tmp_path, monkeypatch):
+    tree = {"w": np.arange(100_000, dtype=np.float32), "b": np.ones(3, np.int8), "s": "x"}
+    ways = _ways_of_writing(monkeypatch)
+    path = tmp_path / "f.eqx"
+    with open(path, mode) as f:
+        f.write(b"head")  # buffered, not yet in the file: flushed before the positional writes
+        eqx_msg.save(f, tree)
+        end = f.tell()
+        f.write(b"tail")
+    data = path.read_bytes()
+    expected = eqx_msg.dumps(tree)
+    assert ways == ["positional"]
+    assert end == 4 + len(expected) and data == b"head" + expected + b"tail"
+    assert_same_tree(tree, eqx_msg.loads(data[4:-4]))
+
+
+def test_a_file_object_that_positional_writes_would_get_wrong_is_streamed(tmp_path, monkeypatch):
+    tree = {"w": np.arange(100_000, dtype=np.float32)}
+    expected = eqx_msg.dumps(tree)
+    ways = _ways_of_writing(monkeypatch)
+    appended = tmp_path / "a.eqx"  # O_APPEND: pwrite would append, at any offset
+    appended.write_bytes(b"old")
+    with open(appended, "ab") as f:
+        eqx_msg.save(f, tree)
+    assert appended.read_bytes() == b"old" + expected
+    inside = tmp_path / "r.eqx"  # bytes after the position: padding would keep them
+    inside.write_bytes(b"\xff" * (len(expected) + 10))
+    with open(inside, "r+b") as f:
+        eqx_msg.save(f, tree)
+        assert f.tell() == len(expected)
+    assert inside.read_bytes() == expected + b"\xff" * 10
+    assert ways == ["stream", "stream"]
 
 
 def test_cpu_jax_leaves_alias_the_map(tmp_path):
@@ -382,8 +431,39 @@ def test_reader_fetches_one_leaf_without_decoding_the_header(tmp_path):
         assert reader.keys() == ["['a']", "['k']"] and len(reader) == 2
         assert jax.tree.structure(reader.load()) == jax.tree.structure(tree)
         assert reader.abstract()["a"].shape == (2, 3)
-        assert reader._file._raw is None  # nothing above needed the Python-side header
-        assert reader.metadata is None and reader._file._raw is not None
+        file = reader._file  # nothing above needed the records or the header model
+        assert file._records is None and file._validated is None and file._metadata is None
+        assert reader.metadata is None and file._records is None and file._metadata == (None,)
+
+
+def test_the_header_is_never_decoded_whole_in_python(tmp_path, monkeypatch):
+    # One authority (issue 13): Python's views of the header are built from what Rust decoded;
+    # msgpack decodes only the encoded tree, metadata and writer values Rust hands over.
+    from eqx_msg import _file
+
+    path = tmp_path / "h.eqx"
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+    tree = {"w": jax.device_put(jnp.ones((4, 2)), jax.sharding.NamedSharding(mesh, P("x")))}
+    eqx_msg.save(path, tree, metadata={"step": 7, (1, 2): "tuple key"})
+    decoded: list[int] = []
+    real = _file.msgpack.unpackb
+    monkeypatch.setattr(
+        _file.msgpack, "unpackb", lambda data, **kw: decoded.append(len(data)) or real(data, **kw)
+    )
+    with eqx_msg.open(path) as reader:
+        header = reader.header
+        assert header.metadata == {"step": 7, (1, 2): "tuple key"} == reader.metadata
+        assert header.leaves[0].sharding.spec == ["x"]
+        assert header.writer["eqx_msg"] == eqx_msg.__version__
+        assert header.leaf_crc32c is not None and header.header_crc32c is not None
+        core = reader._file.records[0]
+        assert header.leaves[0].model_dump() == {
+            **core,
+            "sharding": header.leaves[0].sharding.model_dump(),
+        }
+        assert reader.get("['w']", sharding="saved").sharding.spec == P("x")
+        header_len = reader._file.header.header_len
+    assert decoded and max(decoded) < header_len / 2, (decoded, header_len)
 
 
 def test_the_header_stays_readable_after_close_even_if_never_read_before(tmp_path):

@@ -137,6 +137,73 @@ NEW_RULES: dict[str, tuple[bytes, type[eqx_msg.EqxMsgError]]] = {
     ),
     "a leaf index that is a bool": (_one_leaf({"t": "list", "c": [True]}), eqx_msg.HeaderError),
 }
+
+
+def _repeating(tree: Any, unique: bytes, repeated: bytes) -> bytes:
+    """A one-leaf file whose tree holds a key twice: `tree` encoded, then the key `unique` (a
+    msgpack str of the same length) renamed to `repeated`, which the same map already holds."""
+    data = _one_leaf(tree)
+    assert data.count(unique) == 1
+    return data.replace(unique, repeated)
+
+
+_NODE = {"t": "node", "cls": "equinox.nn.Identity", "c": [0]}
+# The structural rules of the tree (FORMAT.md section 4), the core's since issue 13: refused when
+# the file is opened, so by every entry point alike (`Reader.keys` included), with HeaderError.
+TREE_RULES: dict[str, bytes] = {
+    "leaf index out of range": _one_leaf({"t": "list", "c": [0, 1]}),
+    "leaf index twice": _one_leaf({"t": "list", "c": [0, 0]}),
+    "leaf record never referenced": _one_leaf({"t": "list", "c": []}),
+    "negative int as a node": _one_leaf({"t": "list", "c": [0, -1]}),
+    "str as a node": _one_leaf({"t": "list", "c": [0, "x"]}),
+    "nil as a node": _one_leaf({"t": "list", "c": [0, None]}),
+    "no t": _one_leaf({"c": [0]}),
+    "t not a str": _one_leaf({"t": 3, "c": [0]}),
+    "unknown node type": _one_leaf({"t": "leaf", "i": 0}),
+    "list without c": _one_leaf({"t": "tuple", "c": [0, {"t": "list"}]}),
+    "c not an array": _one_leaf({"t": "list", "c": [0, {"t": "list", "c": {"a": 1}}]}),
+    "dict without k": _one_leaf({"t": "dict", "c": [0]}),
+    "dict keys and children of other lengths": _one_leaf({"t": "dict", "k": ["a", "b"], "c": [0]}),
+    "defaultdict without factory": _one_leaf({"t": "defaultdict", "k": ["a"], "c": [0]}),
+    "value without v": _one_leaf({"t": "list", "c": [0, {"t": "value", "p": "[1]"}]}),
+    "node without cls": _one_leaf({"t": "node", "aux": None, "c": [0]}),
+    "cls not a str": _one_leaf({**_NODE, "cls": 5, "aux": None}),
+    "node with aux and static": _one_leaf({**_NODE, "aux": None, "static": {}}),
+    "node with neither aux nor static": _one_leaf(_NODE),
+    "static not a map": _one_leaf({**_NODE, "static": [1]}),
+    "static with a non-str key": _one_leaf({**_NODE, "static": {1: 2}}),
+    "node keys shorter than c": _one_leaf({**_NODE, "aux": None, "keys": []}),
+    "namedtuple keys longer than c": _one_leaf(
+        {"t": "namedtuple", "cls": "x.P", "keys": ["a", "b"], "c": [0]}
+    ),
+    "repeated key in a node": _repeating(
+        {"t": "list", "c": [0], "qa": 1, "qb": 2}, b"\xa2qb", b"\xa2qa"
+    ),
+    "repeated t": _repeating({"t": "list", "c": [0], "u": "x"}, b"\xa1u", b"\xa1t"),
+    "repeated name in static": _repeating(
+        {**_NODE, "static": {"qa": 1, "qb": 2}}, b"\xa2qb", b"\xa2qa"
+    ),
+    "repeated key in a tagged value": _repeating(
+        {"t": "list", "c": [0, {"t": "value", "v": {"$": "ref", "v": "x.y", "qa": 1, "qb": 2}}]},
+        b"\xa2qb",
+        b"\xa2qa",
+    ),
+}
+TREE_ACCEPTED: dict[str, bytes] = {  # what the same rules let through (nil counts as absent)
+    "nil p, keys and static": _one_leaf(
+        {
+            "t": "list",
+            "c": [
+                0,
+                {"t": "value", "v": 1, "p": None},
+                {**_NODE, "c": [], "aux": [hostile.MISSING], "static": None, "keys": None},
+            ],
+        }  # fmt: skip
+    ),
+    "unknown keys in nodes": _one_leaf({"t": "list", "c": [0], "future": {"x": [1]}}),
+}
+
+
 # Keys 1, True and 1.0 are one key in Python: a file holding two of them is refused by what
 # decodes dict keys (the header model does not).
 NEW_RULES_TREE_ONLY: dict[str, tuple[bytes, type[eqx_msg.EqxMsgError]]] = {
@@ -194,6 +261,8 @@ def _cases() -> dict[str, bytes]:
     cases["nonzero header padding"] = reseal(_flip(damaged.GOOD, 16 + header_len))
     cases |= {name: data for name, (data, _) in NEW_RULES.items()}
     cases |= {name: data for name, (data, _) in NEW_RULES_TREE_ONLY.items()}
+    cases |= {f"tree rule: {name}": data for name, data in TREE_RULES.items()}
+    cases |= {f"tree rule passes: {name}": data for name, data in TREE_ACCEPTED.items()}
     return cases
 
 
@@ -294,6 +363,20 @@ def test_the_rules_the_core_checks_are_refused_by_every_entry_point(name, tmp_pa
     assert got["header"] == error.__name__, got  # never accepted by the header model alone
     if got["open"] != "ok":  # the core's rules: refused at open, so by every entry point
         assert {got[k] for k in ("header", "loads", "load")} == {error.__name__}, got
+
+
+@pytest.mark.parametrize("name", list(TREE_RULES))
+def test_the_trees_structural_rules_are_checked_when_a_file_is_opened(name, tmp_path):
+    got = _verdicts(TREE_RULES[name], tmp_path)
+    assert got == dict.fromkeys(("header", "loads", "load", "open"), "HeaderError"), got
+    with pytest.raises(eqx_msg.HeaderError, match='header field "tree", node tree'):
+        eqx_msg.open(TREE_RULES[name])
+
+
+@pytest.mark.parametrize("name", list(TREE_ACCEPTED))
+def test_what_the_trees_rules_let_through_loads(name, tmp_path):
+    got = _verdicts(TREE_ACCEPTED[name], tmp_path)
+    assert set(got.values()) == {"ok"}, got
 
 
 @pytest.mark.parametrize("name", list(NEW_RULES_TREE_ONLY))

@@ -97,12 +97,26 @@ class FileHeader:
         without checksums.
         """
 
-    def header_bytes(self) -> bytes:
-        """The msgpack header as it was checked at open: a copy, so later decodes see what was checked."""
+    alignment: int
+    """The header's `alignment`."""
+    data_nbytes: int
+    """The header's `data_nbytes`."""
 
     def find(self, path: str) -> LeafRecord | None:
-        """The record (plus its `index`) of the leaf at key path `path`, or None (its `sharding`
-        is not included: `File.records` has it)."""
+        """The record (plus its `index`) of the leaf at key path `path`, or None."""
+
+    def records(self) -> list[LeafRecord]:
+        """Every leaf record as the core decoded and checked it, in record order (None where a key
+        is absent; `sharding` only where present)."""
+
+    def metadata(self) -> bytes | None:
+        """The encoded msgpack of the header's `metadata`, or None where it is absent or nil."""
+
+    def writer(self) -> bytes | None:
+        """The encoded msgpack of the header's `writer` map, or None where it is absent or nil."""
+
+    def checksums(self) -> tuple[bytes, int] | None:
+        """`(leaf_crc32c, header_crc32c)` of a file with checksums, else None."""
 
     def leaf_table(
         self,

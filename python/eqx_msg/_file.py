@@ -1,5 +1,6 @@
 """A validated eqx_msg file: its header as Rust decoded and checked it, its leaf data (from memory,
-or read by range from a source), and the Python decode of the header on demand."""
+or read by range from a source), and the header's Python views (records, metadata, the pydantic
+model) built from what Rust decoded, on demand."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ._errors import (
     HeaderError,
     LimitError,
 )
-from ._header import Header, without_nil_optionals
+from ._header import Header
 from ._record import LeafRecord
 
 
@@ -40,9 +41,10 @@ class File:
     """A validated eqx_msg file in memory: Rust's decoded header, leaf data, and the Python decode
     on demand (`io._sources.RangedFile`: one read by range from a source).
 
-    Loading and fetching leaves use what Rust decoded while validating (leaf table, key paths, the
-    encoded tree); only `raw` (metadata, shardings, the pydantic model) decodes the whole header in
-    Python.
+    Everything Python sees of the header comes from what Rust decoded while validating: the leaf
+    table, key paths and leaf records (shardings included), and the encoded tree, metadata and
+    writer values, which msgpack decodes here into Python values (each on first use). The header
+    is never decoded whole a second time, and nothing Rust checked is checked again.
     """
 
     def __init__(self, buf: np.ndarray):
@@ -53,7 +55,8 @@ class File:
     def _start(self, header: _core.FileHeader) -> None:
         self.header = header
         self.data_start = header.data_start
-        self._raw: dict[str, Any] | None = None
+        self._records: list[LeafRecord] | None = None
+        self._metadata: tuple[Any] | None = None
         self._validated: Header | None = None
         self._table: _leaves.Table | None = None
         self._dtypes: list[np.dtype] | None = None
@@ -95,24 +98,28 @@ class File:
         self.buf = np.array(self.buf[: self.data_start])
 
     @property
-    def raw(self) -> dict[str, Any]:
-        """The header decoded by `msgpack` (first use only)."""
-        if self._raw is None:
-            # From the copy Rust checked, never the live buffer (a shared map may change).
-            self._raw = _unpack(self.header.header_bytes(), f"header at byte {_core.PREFIX_LEN}")
-        return self._raw
+    def records(self) -> list[LeafRecord]:
+        """The leaf records as Rust decoded them, as dicts (first use only)."""
+        if self._records is None:
+            self._records = self.header.records()
+        return self._records
+
+    @property
+    def metadata(self) -> Any:
+        """The user's metadata, decoded (first use only); None where the file has none."""
+        if self._metadata is None:
+            encoded = self.header.metadata()
+            self._metadata = (
+                None if encoded is None else _unpack(encoded, 'header field "metadata"'),
+            )
+        return self._metadata[0]
 
     @property
     def validated(self) -> Header:
-        """The pydantic `Header` of `raw`, validated once (first use only)."""
+        """The pydantic `Header`, built once from what Rust decoded (first use only)."""
         if self._validated is None:
-            self._validated = validate_header(self.raw)
+            self._validated = header_model(self)
         return self._validated
-
-    @property
-    def records(self) -> list[LeafRecord]:
-        """The leaf records, as dicts."""
-        return self.raw["leaves"]
 
 
 def decode_tree(encoded: bytes) -> Any:
@@ -150,18 +157,36 @@ def _as_tuple(key: Any) -> Any:
     return tuple(_as_tuple(k) for k in key) if isinstance(key, list) else key
 
 
-def validate_header(raw: dict[str, Any]) -> Header:
-    """The pydantic `Header` of a decoded header dict (its byte layout already checked by Rust)."""
+def header_model(file: File) -> Header:
+    """The pydantic `Header` of a file, from the fields Rust decoded and checked.
+
+    Rust has checked every rule these models type (FORMAT.md sections 2-4 and 7), so validation
+    only builds the models; keys this reader does not know are not in them (Rust ignores them).
+    """
+    header = file.header
+    writer = header.writer()
+    checksums = header.checksums()
+    fields = {
+        "format": "eqx_msg",
+        "version": _core.VERSION,
+        "alignment": header.alignment,
+        "data_nbytes": header.data_nbytes,
+        "leaves": file.records,
+        "tree": decode_tree(header.tree()),
+        "metadata": file.metadata,
+        "writer": {} if writer is None else _unpack(writer, 'header field "writer"'),
+    }
+    if checksums is not None:
+        fields["leaf_crc32c"], fields["header_crc32c"] = checksums
     with _gc.paused():  # 10k leaf models: collections would cost more than the validation
         try:
-            return Header.model_validate(raw)
-        except pydantic.ValidationError:
-            pass  # the rare file with nil optional keys: retried without them, off the hot path
-        try:
-            return Header.model_validate(without_nil_optionals(raw))
-        except pydantic.ValidationError as err:
+            return Header.model_validate(fields)
+        except pydantic.ValidationError as err:  # pragma: no cover - a model disagreeing with Rust
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'the header'}: {e['msg']}"
                 for e in err.errors()[:5]
             )
-            raise HeaderError(f"the header does not match FORMAT.md: {problems}") from None
+            raise HeaderError(
+                f"the header models disagree with the core ({problems}): an eqx_msg bug, please "
+                "report it with the file"
+            ) from None

@@ -1,9 +1,11 @@
 """The header as pydantic models: the documented schema of FORMAT.md sections 2-4 and 7.
 
-`Header.model_json_schema()` is published as `docs/header.schema.json`. The rules of the header and
-its leaf records (byte ranges, sizes, dtype names, sharding records, where ext values may occur) are
-checked by the Rust core before any model is built; these models type the fields and give readers a
-typed view of a file.
+`Header.model_json_schema()` is published as `docs/header.schema.json`. Every rule of the header,
+its leaf records and its tree (byte ranges, sizes, dtype names, sharding records, where ext values
+may occur, the tree's structure) is checked by the Rust core before any model is built, and the
+models are built from what the core decoded (`_file.header_model`): they type the fields and give
+readers a typed view of a file. A nil optional key counts as absent (FORMAT.md section 2): the core
+gives None for it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class ValueNode(_Model):
 
     t: Literal["value"]
     v: Any
-    p: str = ""
+    p: str | None = Field("", description="its key path (nil counts as absent)")
 
 
 class ListNode(_Model):
@@ -202,26 +204,6 @@ class Header(_Model):
     def keys(self) -> list[str]:
         """The key paths of the array leaves, in record order."""
         return [leaf.path for leaf in self.leaves]
-
-
-def without_nil_optionals(raw: dict[str, Any]) -> dict[str, Any]:
-    """`raw` without the nil values of optional header and leaf keys: FORMAT.md section 2 counts
-    them as absent (the models' defaults then apply)."""
-
-    def clean(data: Any, model: type[BaseModel]) -> Any:
-        if not isinstance(data, dict):
-            return data
-        fields = model.model_fields
-        return {
-            k: v
-            for k, v in data.items()
-            if v is not None or k not in fields or fields[k].is_required()
-        }
-
-    header = clean(raw, Header)
-    if isinstance(header.get("leaves"), list):
-        header["leaves"] = [clean(leaf, LeafSpec) for leaf in header["leaves"]]
-    return header
 
 
 for _model in (ListNode, TupleNode, DictNode, OrderedDictNode, DefaultDictNode, NamedTupleNode,

@@ -100,29 +100,24 @@ def child_keys(node: dict[str, Any], where: str) -> list[str] | None:
     """The keys of a container node's children, in order, that extend its key path `where`; None
     where the file does not say them: a `node` or `namedtuple` without `keys` (written before nodes
     had them), or mapping keys that do not decode without the registry. The one reading of child
-    keys that the key-path lookups of a header tree share."""
-    tag, children = node.get("t"), node.get("c", [])
-    if not isinstance(children, list):
-        raise HeaderError(f"{at(where)}: malformed tree node {node!r:.80}")
-    if not isinstance(tag, str):  # (the builder refuses it; here it has no children)
-        return []
+    keys that the key-path lookups of a header tree share.
+
+    The node is from a header the Rust core has checked (FORMAT.md section 4's structural rules:
+    tags, required keys and their types, `keys` as long as `c`), so it is read without checks.
+    """
+    tag = node["t"]
     if tag in SEQUENCES:
-        return [index_key(i) for i in range(len(children))]
+        return [index_key(i) for i in range(len(node["c"]))]
     if tag in MAPPINGS:
-        keys = node.get("k", [])
-        if not isinstance(keys, list):
-            raise HeaderError(f"{at(where)}: malformed tree node {node!r:.80}")
         try:
-            return [dict_key(_static.decode(key, {}, where)) for key in keys]
+            return [dict_key(_static.decode(key, {}, where)) for key in node["k"]]
         except (HeaderError, UnknownTypeError):
             return None
     if tag in (Tag.NODE, Tag.NAMEDTUPLE):
         names = node.get("keys")
-        if not isinstance(names, list) or len(names) != len(children):
+        if names is None:
             return None
-        if tag == Tag.NAMEDTUPLE:
-            return [field_key(name) for name in names]
-        return [name if isinstance(name, str) else index_key(i) for i, name in enumerate(names)]
+        return [field_key(name) for name in names] if tag == Tag.NAMEDTUPLE else names
     return []
 
 
@@ -333,107 +328,90 @@ def _dtype(dtype: Any, path: str) -> str:
 
 
 def unflatten(node: Any, leaves: Sequence[Any], allow: Mapping[str, Any]) -> Any:
-    """Rebuild the pytree of a header tree node, with `leaves[i]` at each array leaf `i`."""
-    builder = _Builder(leaves, allow)
-    tree = builder.child(node, "")
-    order = builder.order
-    if len(order) != len(leaves) or len(set(order)) != len(leaves):
-        raise HeaderError(
-            f"the tree must reference each of the {len(leaves)} leaf records exactly once; "
-            f"it references {len(order)} ({len(set(order))} distinct)"
-        )
-    return tree
+    """Rebuild the pytree of a header tree node, with `leaves[i]` at each array leaf `i`.
+
+    The tree is from a header the Rust core has checked against the structural rules of FORMAT.md
+    section 4 (known tags, each tag's keys present and typed, `k`, `keys` and `c` of one length,
+    every leaf record referenced exactly once), so its nodes are read without checks. What is
+    checked here is what building values means: static values, registry names, dict keys that are
+    distinct once decoded, and classes that match the file's children.
+    """
+    return _Builder(leaves, allow).child(node, "")
 
 
 class _Builder:
     def __init__(self, leaves: Sequence[Any], allow: Mapping[str, Any]):
         self.leaves = leaves
         self.allow = allow
-        self.order: list[int] = []  # leaf indices met, checked once at the end
 
     def child(self, node: Any, where: Where) -> Any:
         if type(node) is int:  # an array leaf: an index into the leaf records
-            if not 0 <= node < len(self.leaves):
-                raise HeaderError(
-                    f"{at(where)}: leaf index {node} is out of range: the file has "
-                    f"{len(self.leaves)} leaf records"
-                )
-            self.order.append(node)
             return self.leaves[node]
         return self.build(node, where)
 
     def children(
-        self, nodes: Any, where: Where, key: Callable[[int], str] = index_key
+        self, nodes: list[Any], where: Where, key: Callable[[int], str] = index_key
     ) -> list[Any]:
         """A node's children; child `i` is at key path `where + key(i)` (called only for errors)."""
-        leaves, order, count = self.leaves, self.order, len(self.leaves)
-        out = []
-        for i, node in enumerate(_seq(nodes)):
-            if type(node) is int and 0 <= node < count:  # the hot path, inlined
-                order.append(node)
-                out.append(leaves[node])
-            else:
-                out.append(self.child(node, KeyPath(where, key, i)))
-        return out
+        leaves, build = self.leaves, self.build
+        return [
+            leaves[node] if type(node) is int else build(node, KeyPath(where, key, i))
+            for i, node in enumerate(nodes)
+        ]
 
-    def build(self, node: Any, where: Where) -> Any:
-        try:
-            tag = node["t"]
-            if tag == Tag.DICT:
-                return self.mapping(node, where, dict)
-            if tag == Tag.LIST:
-                return self.children(node["c"], where)
-            if tag == Tag.TUPLE:
-                return tuple(self.children(node["c"], where))
-            if tag == Tag.NONE:
-                return None
-            if tag == Tag.VALUE:
-                if type(node.get("p", "")) is not str:
-                    raise HeaderError(f"{at(where)}: a value node's key path p must be a str")
-                return _static.decode(node["v"], self.allow, where)
-            if tag == Tag.NODE:
-                return self.custom(node, where)
-            if tag == Tag.ORDEREDDICT:
-                return self.mapping(node, where, collections.OrderedDict)
-            if tag == Tag.DEFAULTDICT:
-                factory = _static.decode(node["factory"], self.allow, where)
-                if not (factory is None or _registry.is_builtin_class(factory)):
-                    raise HeaderError(  # it runs whenever the loaded dict misses a key
-                        f"{at(where)}: a defaultdict's factory must be a builtin class (list, "
-                        f"int, dict, ...) or None, not {factory!r:.60}"
-                    )
-                return self.mapping(
-                    node, where, functools.partial(collections.defaultdict, factory)
+    def build(self, node: dict[str, Any], where: Where) -> Any:
+        tag = node["t"]
+        if tag == Tag.DICT:
+            return self.mapping(node, where, dict)
+        if tag == Tag.LIST:
+            return self.children(node["c"], where)
+        if tag == Tag.TUPLE:
+            return tuple(self.children(node["c"], where))
+        if tag == Tag.NONE:
+            return None
+        if tag == Tag.VALUE:
+            return _static.decode(node["v"], self.allow, where)
+        if tag == Tag.NODE:
+            return self.custom(node, where)
+        if tag == Tag.ORDEREDDICT:
+            return self.mapping(node, where, collections.OrderedDict)
+        if tag == Tag.DEFAULTDICT:
+            factory = _static.decode(node["factory"], self.allow, where)
+            if not (factory is None or _registry.is_builtin_class(factory)):
+                raise HeaderError(  # it runs whenever the loaded dict misses a key
+                    f"{at(where)}: a defaultdict's factory must be a builtin class (list, "
+                    f"int, dict, ...) or None, not {factory!r:.60}"
                 )
-            if tag == Tag.NAMEDTUPLE:
-                cls = _registry.resolve(node["cls"], self.allow, where)
-                if not (
-                    isinstance(cls, type)
-                    and issubclass(cls, tuple)
-                    and isinstance(getattr(cls, "_fields", None), tuple)
-                ):  # (builtins.tuple would iterate its one child: an (N, 0) leaf holds N rows)
-                    raise HeaderError(f"{at(where)}: {node['cls']!r} is not a namedtuple class")
-                fields = list(getattr(cls, "_fields", ()))
-                _check_keys(node, fields, where)
-                key = functools.partial(_field_key, fields)
-                return cls(*self.children(node["c"], where, key))
-        except (KeyError, TypeError, AttributeError) as err:
-            raise HeaderError(f"{at(where)}: malformed tree node: {err!r}") from None
-        raise HeaderError(f"{at(where)}: unknown tree node type {tag!r}")
+            return self.mapping(node, where, functools.partial(collections.defaultdict, factory))
+        return self.namedtuple(node, where)  # (the core knows no other tag)
 
     def mapping(self, node: dict[str, Any], where: Where, make: Callable[[Any], _M]) -> _M:
         """A dict-like node from `make(pairs)`; a repeated key (its leaves would vanish) is refused."""
-        stored, children = _seq(node["k"]), _seq(node["c"])
-        if len(stored) != len(children):
-            raise HeaderError(f"{at(where)}: {len(stored)} keys but {len(children)} children")
-        keys = _static.spread([_static.decode(key, self.allow, where) for key in stored], where)
-        mapping = make(zip(keys, self.children(children, where, lambda i: dict_key(keys[i]))))
+        keys = _static.spread([_static.decode(key, self.allow, where) for key in node["k"]], where)
+        mapping = make(zip(keys, self.children(node["c"], where, lambda i: dict_key(keys[i]))))
         if len(mapping) != len(keys):
             raise HeaderError(
                 f"{at(where)}: a {node['t']} node repeats a key "
                 f"({len(keys)} keys, {len(mapping)} distinct)"
             )
         return mapping
+
+    def namedtuple(self, node: dict[str, Any], where: Where) -> Any:
+        cls = _registry.resolve(node["cls"], self.allow, where)
+        if not (
+            isinstance(cls, type)
+            and issubclass(cls, tuple)
+            and isinstance(getattr(cls, "_fields", None), tuple)
+        ):  # (builtins.tuple would iterate its one child: an (N, 0) leaf holds N rows)
+            raise HeaderError(f"{at(where)}: {node['cls']!r} is not a namedtuple class")
+        fields = list(getattr(cls, "_fields", ()))
+        _check_keys(node, node.get("keys"), fields, where)
+        if len(node["c"]) != len(fields):  # (a file written before namedtuples had keys)
+            raise StructureMismatchError(
+                f"{at(where)}: the file's {node['cls']} has {len(node['c'])} children, but "
+                f"the class now has the {len(fields)} fields {fields}. {_CHANGED}"
+            )
+        return cls(*self.children(node["c"], where, functools.partial(_field_key, fields)))
 
     def custom(self, node: dict[str, Any], where: Where) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
@@ -475,36 +453,28 @@ class _Builder:
                 f"{len(children)} children{f' {saved}' if saved is not None else ''} and flatten "
                 f"data: {type(err).__name__}: {err}. {_CHANGED}"
             ) from None
-        if "keys" in node:
-            _check_keys(node, _child_keys(cls, obj), where)
+        _check_keys(node, node.get("keys"), _child_keys(cls, obj), where)
         return obj
 
     def flatten_data(self, cls: Any, node: dict[str, Any], where: Where) -> Any:
         """A `node`'s flatten data: its `aux`, or that of a Module's `static` fields by name."""
-        stored = node.get("static")
-        if ("aux" in node) == (stored is not None):
-            raise HeaderError(
-                f"{at(where)}: a 'node' holds either aux or static, not both or neither"
-            )
+        stored = node.get("static")  # (the core checked: a map of str, or else an `aux`)
         if stored is None:
             return _static.decode(node["aux"], self.allow, where)
-        if type(stored) is not dict:
-            raise HeaderError(f"{at(where)}: a node's static is a map of field names to values")
         return _modules.flatten_data(
             cls, stored, lambda value: _static.decode(value, self.allow, where), node["cls"], where
         )
 
 
 def _field_key(fields: list[str], i: int) -> str:
-    """The key string of a namedtuple's field `i`, else `[i]`."""
-    return field_key(fields[i]) if i < len(fields) else index_key(i)
+    """The key string of a namedtuple's field `i`."""
+    return field_key(fields[i])
 
 
 def _saved_key(node: dict[str, Any], i: int) -> str:
     """The key string of child `i` of a `node` as the file records it, else `[i]`."""
     saved = node.get("keys")
-    key = saved[i] if isinstance(saved, list) and i < len(saved) else None
-    return key if isinstance(key, str) else index_key(i)
+    return saved[i] if saved is not None else index_key(i)
 
 
 def _child_keys(cls: type, obj: Any) -> list[str]:
@@ -526,17 +496,46 @@ _CHANGED = (
 )
 
 
-def _check_keys(node: dict[str, Any], now: list[str], where: Where) -> None:
-    """Refuse a node whose saved child keys differ from what its class has now."""
-    saved = node.get("keys")
-    if saved is None or saved == now:  # (`now` holds str only: equal keys are well formed)
+def _check_keys(
+    node: dict[str, Any], saved: list[str] | None, now: list[str], where: Where
+) -> None:
+    """Refuse a node whose saved child keys (None: not recorded) differ from its class's now."""
+    if saved is None or saved == now:
         return
-    if not (type(saved) is list and all(type(k) is str for k in saved)):
-        raise HeaderError(f"{at(where)}: a node's keys are an array of str, not {saved!r:.60}")
     raise StructureMismatchError(
-        f"{at(where)}: the file's {node.get('cls')} has children {saved}, but the class "
+        f"{at(where)}: the file's {node['cls']} has children {saved}, but the class "
         f"now has {now}. {_CHANGED}"
     )
+
+
+def walk(
+    root: Any, enter: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str | None, Any, list[str] | None]]:
+    """Every node of a header tree, depth-first in stored order: `(path, node, keys)`, where
+    `path` is its key path and `keys` its children's keys (`child_keys`).
+
+    The one walk of a header tree from the root down (`filter=`'s paths, `like=`'s values): the
+    builder, which makes values bottom up, reads children with the same keys. Below a node whose
+    children's keys the file does not say (`keys` None), paths are None: such children are still
+    visited when `enter` is None, and never when it is given; else a child is visited only if
+    `enter(its path)`, so a walk toward a few paths costs no more than those paths.
+    """
+    stack: list[tuple[Any, str | None]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if type(node) is int:  # an array leaf
+            yield path, node, []
+            continue
+        keys = None if path is None else child_keys(node, path)
+        yield path, node, keys
+        children = node.get("c", ())
+        if path is None or keys is None:
+            if enter is None:
+                stack.extend((child, None) for child in reversed(children))
+            continue
+        for key, child in zip(reversed(keys), reversed(children)):
+            if enter is None or enter(path + key):
+                stack.append((child, path + key))
 
 
 def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]]:
@@ -550,6 +549,8 @@ def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]
     wanted path.
     """
     ordered = sorted(set(wanted))
+    if not ordered:
+        return set(), []
 
     def leads_somewhere(path: str) -> bool:  # a prefix of a wanted path (the next one in order)
         i = bisect.bisect_left(ordered, path)
@@ -558,20 +559,12 @@ def subtree_paths(node: Any, wanted: Iterable[str]) -> tuple[set[str], list[str]
     targets = set(ordered)
     known: set[str] = set()
     opaque: list[str] = []
-    stack: list[tuple[Any, str]] = [(node, "")] if leads_somewhere("") else []
-    while stack:
-        node, path = stack.pop()
+    for path, _, keys in walk(node, leads_somewhere):
+        assert path is not None  # (walked with `enter`: only paths the file says)
         if path in targets:
             known.add(path)
-        if not isinstance(node, dict):
-            continue  # an array leaf
-        keys = child_keys(node, path)
         if keys is None:
             opaque.append(path)
-            continue
-        for key, child in zip(keys, node.get("c", [])):
-            if leads_somewhere(path + key):
-                stack.append((child, path + key))
     return known, opaque
 
 
@@ -589,11 +582,11 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
     while stack:
         treedef, node, path = stack.pop()
         data = treedef.node_data()
-        if data is None or not isinstance(node, dict) or not isinstance(node.get("c"), list):
-            continue  # a leaf on either side
+        if data is None or type(node) is int or "c" not in node:
+            continue  # a leaf on either side (or a node without children: none, value)
         cls, aux = data
-        tag, stored, children = node.get("t"), node["c"], treedef.children()
-        if not isinstance(tag, str) or len(children) != len(stored):
+        tag, stored, children = node["t"], node["c"], treedef.children()
+        if len(children) != len(stored):
             continue
         if tag in (Tag.NODE, Tag.NAMEDTUPLE):
             if cls not in class_names:
@@ -638,7 +631,7 @@ def _node_differs(cls: type, aux: Any, node: dict[str, Any]) -> bool:
     if stored is None:
         return _differs(aux, node.get("aux"))
     mine = _modules.static_fields(cls, aux)
-    if mine is None or not isinstance(stored, dict):
+    if mine is None:
         return False  # (not comparable)
     return set(mine) != set(stored) or any(_differs(mine[n], stored[n]) for n in mine)
 
@@ -654,22 +647,9 @@ def _differs(aux: Any, stored: Any) -> bool:
         return False
 
 
-def value_paths(node: Any) -> Iterator[tuple[str, Any]]:
-    """Every `value` node (a non-array leaf) of a header tree: its key path and encoded value."""
-    stack = [node]
-    while stack:
-        node = stack.pop()
-        if type(node) is int:
-            continue
-        children = node.get("c", []) if isinstance(node, dict) else None
-        if not isinstance(children, list) or (node.get("t") == Tag.VALUE and "v" not in node):
-            raise HeaderError(f"malformed tree node {node!r:.80}")
-        if node.get("t") == Tag.VALUE:
-            yield str(node.get("p", "")), node["v"]
-        stack.extend(children)
-
-
-def _seq(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected an array, got {type(value).__name__}")
-    return value
+def value_paths(root: Any) -> Iterator[tuple[str, Any]]:
+    """Every `value` node (a non-array leaf) of a header tree: its key path (as the node stores it)
+    and encoded value."""
+    for _, node, _ in walk(root):
+        if type(node) is not int and node["t"] == Tag.VALUE:
+            yield node.get("p") or "", node["v"]  # (a nil `p` counts as absent)

@@ -123,7 +123,7 @@ class Reader:
     @property
     def metadata(self) -> Any:
         """The user metadata stored with `save(..., metadata=)`."""
-        return self._file.raw.get("metadata")
+        return self._file.metadata
 
     def keys(self) -> list[str]:
         """The key paths of the array leaves, in file order."""
@@ -159,8 +159,6 @@ class Reader:
         """One leaf as its saved kind (a jax.Array for jax leaves), placed on `device`/`sharding`."""
         record = self._record(key)
         index = record["index"]
-        if sharding == "saved":  # Rust's record lacks the sharding entry
-            record = self._file.records[index]
         shardings = _place.resolve_shardings(
             sharding, [record], lambda _: _leaves.abstract_leaf(record)
         )

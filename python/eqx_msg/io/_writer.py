@@ -3,7 +3,12 @@ Rust) or into any binary file object, checksums computed as the bytes go."""
 
 from __future__ import annotations
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 import os
+import stat
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -45,6 +50,11 @@ def save(
     symlink (its target is replaced); one owned by another user is not followed. Peak extra memory
     is about one leaf (device arrays come to the host one at a time; row-sharded arrays one shard at
     a time).
+
+    A file object is written from its position and left at the end of what was written (it is
+    not fsynced or closed). A regular file that ends at its position (as one just opened with
+    `"wb"` does) is written by the same positional writes as a path; any other file object (a
+    socket, `io.BytesIO`, a file opened for appending) is streamed to in order.
     """
     if isinstance(target, bytes | bytearray | memoryview):
         raise TypeError(
@@ -62,7 +72,7 @@ def save(
 def _write_file(f: BinaryIO, planned: _plan.Plan) -> None:
     """Write a planned file into the new file `f` (positional writes where the binding has them)."""
     if _POSITIONAL:
-        _write_positional(f.fileno(), planned)
+        _write_positional(f.fileno(), 0, planned)
     else:  # pragma: no cover - Windows: no positional writes in the binding
         _write(f, planned)
         f.flush()
@@ -71,22 +81,34 @@ def _write_file(f: BinaryIO, planned: _plan.Plan) -> None:
 _POSITIONAL = hasattr(_core, "write_leaf")
 
 
-def _write_positional(fd: int, planned: _plan.Plan) -> None:
-    """Write the file into the empty file `fd`: every leaf at its offset (Rust's positional writer,
-    several threads, summing as it writes), then the front, sealed with the leaves' checksums.
-    Padding is never written: the file is given its length first, so gaps read as zeros."""
+def _write_positional(fd: int, base: int, planned: _plan.Plan) -> None:
+    """Write the file into the file `fd` from byte `base`, where the file ends: every leaf at its
+    offset (Rust's positional writer, several threads, summing as it writes), then the front,
+    sealed with the leaves' checksums. Padding is never written: the file is given its length
+    first, so gaps read as zeros."""
     frame = _core.FileFrame(planned.header)
-    os.ftruncate(fd, frame.total_len)
-    crcs = _write_leaves(_PositionalSink(fd, frame.data_start), planned)
-    _core.write_leaf(fd, 0, np.frombuffer(frame.front(crcs), np.uint8))
+    os.ftruncate(fd, base + frame.total_len)
+    crcs = _write_leaves(_PositionalSink(fd, base + frame.data_start), planned)
+    _core.write_leaf(fd, base, np.frombuffer(frame.front(crcs), np.uint8))
 
 
 def _write(f: BinaryIO, planned: _plan.Plan) -> None:
-    """Stream the file to the file object `f`: a placeholder front, every leaf with zero padding,
-    then the sealed front over the placeholder. A stream that cannot seek back is summed first
-    (each leaf is read twice, device arrays copied to the host twice) and then written in order."""
+    """Write the file to the file object `f` at its position.
+
+    Into a regular file that ends at that position (a file just opened with "wb"), by positional
+    writes, as for a path (the file object is flushed first, and left at the end of what was
+    written). Otherwise streamed: a placeholder front, every leaf with zero padding, then the
+    sealed front over the placeholder; a stream that cannot seek back, or a file opened for
+    appending, is summed first (each leaf is read twice, device arrays copied to the host twice)
+    and then written in order."""
+    fd = _positional_fd(f)
+    if fd is not None:
+        start = f.tell()
+        _write_positional(fd, start, planned)
+        f.seek(start + _core.FileFrame(planned.header).total_len)
+        return
     frame = _core.FileFrame(planned.header)
-    if _seekable(f):
+    if _seekable(f) and not _appends(f):  # (appending, the front would land at the end)
         start = f.tell()
         _write_all(f, bytes(frame.data_start))
         crcs = _write_leaves(_StreamSink(f), planned)
@@ -98,6 +120,36 @@ def _write(f: BinaryIO, planned: _plan.Plan) -> None:
     crcs = _write_leaves(_SumSink(), planned)
     _write_all(f, frame.front(crcs))
     _write_leaves(_StreamSink(f), planned)
+
+
+def _positional_fd(f: BinaryIO) -> int | None:
+    """The descriptor of `f`, flushed, if positional writes at its position are the same as writing
+    to it: a seekable regular file, open for writing without O_APPEND, that ends at or before its
+    position (so no byte past it is overwritten or left between the leaves). Else None."""
+    if not _POSITIONAL or not _seekable(f) or _appends(f):
+        return None
+    try:
+        fd = f.fileno()
+        f.flush()
+        info = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        position = f.tell()
+    except (AttributeError, OSError, ValueError):  # (io.UnsupportedOperation is an OSError)
+        return None
+    writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+    if not (stat.S_ISREG(info.st_mode) and writable):
+        return None
+    return fd if info.st_size <= position else None
+
+
+def _appends(f: BinaryIO) -> bool:
+    """Whether every write to `f` goes to its end (opened with "a"), wherever it was sought to."""
+    if "a" in str(getattr(f, "mode", "")):
+        return True
+    try:
+        return bool(fcntl is not None and fcntl.fcntl(f.fileno(), fcntl.F_GETFL) & os.O_APPEND)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _seekable(f: BinaryIO) -> bool:

@@ -17,7 +17,8 @@ fn map(entries: Vec<(&str, Value)>) -> Value {
 }
 
 /// A realistic header with `n` float32 leaves of 64x64, optionally with a tree of `n`
-/// Module-like nodes (the tree is checked but not interpreted, and is about half the bytes).
+/// Module-like nodes (else a list of the leaves); the tree's structure is checked, its values not
+/// interpreted (about half the bytes).
 fn header_bytes(n: usize, with_tree: bool) -> Vec<u8> {
     let nbytes = vec![64 * 64 * 4u64; n];
     let (offsets, data_nbytes) = layout::plan(&nbytes, 64).expect("valid layout");
@@ -51,7 +52,7 @@ fn header_bytes(n: usize, with_tree: bool) -> Vec<u8> {
     let tree = if with_tree {
         map(vec![("t", s("list")), ("c", Value::Array(nodes))])
     } else {
-        map(vec![("t", s("none"))])
+        leaf_list(n)
     };
     encode_header(
         data_nbytes,
@@ -62,6 +63,14 @@ fn header_bytes(n: usize, with_tree: bool) -> Vec<u8> {
             ("writer", map(vec![("eqx_msg", s("0.1.0"))])),
         ],
     )
+}
+
+/// A list node of leaves `0..n` (every leaf record is referenced once: FORMAT.md section 4).
+fn leaf_list(n: usize) -> Value {
+    map(vec![
+        ("t", s("list")),
+        ("c", Value::Array((0..n).map(Value::from).collect())),
+    ])
 }
 
 /// A header map with the required keys, `leaves`, and `extra` keys, msgpack-encoded.
@@ -134,11 +143,7 @@ fn main() {
             ])
         })
         .collect();
-    let hb = encode_header(
-        data_nbytes,
-        leaves,
-        vec![("tree", map(vec![("t", s("none"))]))],
-    );
+    let hb = encode_header(data_nbytes, leaves, vec![("tree", leaf_list(LEAVES))]);
     let frame = Frame::new(&hb).expect("valid header");
     let total = frame.total_len() as usize;
 

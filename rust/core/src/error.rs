@@ -131,6 +131,13 @@ pub enum Error {
         /// Where it is (the header field, the ext type and the header byte).
         location: String,
     },
+    /// A tree node breaks a structural rule of FORMAT.md section 4.
+    BadTree {
+        /// The node, as the child indices from the root: `tree.c[0].c[3]`.
+        node: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A leaf's `sharding` record breaks a rule of FORMAT.md section 7.
     BadSharding {
         /// The leaf.
@@ -404,6 +411,7 @@ impl Error {
             | NonStringKey { .. }
             | ExtOutsideMetadata { .. }
             | BadSharding { .. }
+            | BadTree { .. }
             | BadFormat { .. }
             | UnknownKind { .. }
             | BadKeyImpl { .. }
@@ -524,6 +532,7 @@ impl fmt::Display for Error {
                 "{location}: msgpack ext values may occur only in the header's metadata"
             ),
             BadSharding { leaf, reason } => write!(f, "{leaf} field \"sharding\": {reason}"),
+            BadTree { node, reason } => write!(f, "header field \"tree\", node {node}: {reason}"),
             ShapeTooLarge { leaf, dtype, shape } => write!(
                 f,
                 "{leaf}: shape {shape:?} of dtype {dtype} is too large for a numpy array or an \

@@ -70,6 +70,34 @@ pub struct LeafSpec {
     pub weak_type: bool,
     /// The PRNG impl name of a key leaf.
     pub key_impl: Option<String>,
+    /// How the array was laid out over devices (FORMAT.md section 7), checked.
+    pub sharding: Option<Box<Sharding>>,
+}
+
+/// A leaf's `sharding` record (FORMAT.md section 7): a `NamedSharding`, checked against the leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sharding {
+    /// The mesh's axis names, distinct.
+    pub mesh_axes: Vec<String>,
+    /// The size of each mesh axis (each >= 1).
+    pub mesh_shape: Vec<u64>,
+    /// The device id at each mesh place, in C order; distinct.
+    pub device_ids: Vec<i128>,
+    /// How each leading dimension is split (at most one entry per dimension).
+    pub spec: Vec<SpecEntry>,
+    /// The memory kind, if recorded.
+    pub memory_kind: Option<String>,
+}
+
+/// One entry of a sharding's `spec`: the mesh axes a dimension is split over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecEntry {
+    /// `nil`: not split.
+    Replicated,
+    /// One axis name.
+    Axis(String),
+    /// An array of axis names (possibly empty).
+    Axes(Vec<String>),
 }
 
 impl LeafSpec {
@@ -309,7 +337,8 @@ impl<'a> Header<'a> {
         Ok(h)
     }
 
-    /// Checks every layout rule of FORMAT.md section 3 (plus alignment and `key_impl` rules).
+    /// Checks every layout rule of FORMAT.md section 3 (plus alignment and `key_impl` rules), then
+    /// the tree's structural rules (section 4, [`crate::tree::check`]).
     pub fn validate(&self) -> Result<()> {
         if self.version != VERSION {
             return Err(Error::VersionMismatch {
@@ -401,7 +430,7 @@ impl<'a> Header<'a> {
             }
         }
         if in_order {
-            return Ok(());
+            return crate::tree::check(self.tree, self.leaves.len());
         }
         let mut ranges: Vec<(u64, u64, usize)> = self
             .leaves
@@ -413,7 +442,7 @@ impl<'a> Header<'a> {
         ranges.sort_unstable();
         match ranges.windows(2).find(|w| w[1].0 < w[0].1) {
             Some(w) => Err(self.overlap(w[0], w[1])),
-            None => Ok(()),
+            None => crate::tree::check(self.tree, self.leaves.len()),
         }
     }
 
@@ -635,15 +664,19 @@ fn parse_leaf<'a>(c: &mut Cursor<'a>, i: usize, keys: &mut Vec<&'a str>) -> Resu
     let key_impl = optional(7)?
         .map(|t| str_field(&t, || field(7)).map(str::to_owned))
         .transpose()?;
-    if optional(8)?.is_some() {
-        // The rank the spec splits: a key array's is its key data's without the impl's dims.
-        let rank = match key_impl.as_deref().map(key_data_ndim) {
-            Some(Some(k)) => shape.len().saturating_sub(k),
-            _ => shape.len(),
-        };
-        check_sharding(Cursor::at(c.buf(), sharding_at), &shape[..rank])
-            .map_err(|reason| Error::BadSharding { leaf: lr(), reason })?;
-    }
+    let sharding = match optional(8)? {
+        None => None,
+        Some(_) => {
+            // The rank the spec splits: a key array's is its key data's without the impl's dims.
+            let rank = match key_impl.as_deref().map(key_data_ndim) {
+                Some(Some(k)) => shape.len().saturating_sub(k),
+                _ => shape.len(),
+            };
+            let record = parse_sharding(Cursor::at(c.buf(), sharding_at), &shape[..rank])
+                .map_err(|reason| Error::BadSharding { leaf: lr(), reason })?;
+            Some(Box::new(record))
+        }
+    };
     Ok(LeafSpec {
         path: path.to_owned(),
         kind,
@@ -653,6 +686,7 @@ fn parse_leaf<'a>(c: &mut Cursor<'a>, i: usize, keys: &mut Vec<&'a str>) -> Resu
         nbytes,
         weak_type,
         key_impl,
+        sharding,
     })
 }
 
@@ -664,7 +698,7 @@ fn key_data_ndim(key_impl: &str) -> Option<usize> {
 
 /// Checks a leaf's `sharding` record (FORMAT.md section 7), read from `c` (already checked as
 /// msgpack), against `dims`, the dimensions of the array it lays out. `Err` says what is wrong.
-fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), String> {
+fn parse_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<Sharding, String> {
     const KEYS: [&str; 5] = [
         "mesh_axes",
         "mesh_shape",
@@ -775,11 +809,11 @@ fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), St
              shape {shape} has {has}"
         ));
     }
-    let mut ids: Vec<i128> = Vec::with_capacity(n_ids);
+    let mut device_ids: Vec<i128> = Vec::with_capacity(n_ids);
     for _ in 0..n_ids {
         match v.next().map_err(syntax)? {
-            Token::UInt(u) => ids.push(i128::from(u)),
-            Token::NegInt(i) => ids.push(i128::from(i)),
+            Token::UInt(u) => device_ids.push(i128::from(u)),
+            Token::NegInt(i) => device_ids.push(i128::from(i)),
             other => {
                 return Err(format!(
                     "\"device_ids\": expected int, found {}",
@@ -788,6 +822,7 @@ fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), St
             }
         }
     }
+    let mut ids = device_ids.clone();
     ids.sort_unstable();
     if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
         return Err(format!(
@@ -804,6 +839,7 @@ fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), St
     }
     let mut used = vec![false; axes.len()];
     let mut names: Vec<&str> = Vec::new();
+    let mut spec = Vec::with_capacity(n_spec);
     for (d, &dim) in dims.iter().take(n_spec).enumerate() {
         // The axes dimension `d` is split over: nil, one axis name, or an array of them.
         names.clear();
@@ -813,9 +849,12 @@ fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), St
                 t.describe()
             )
         };
-        match v.next().map_err(syntax)? {
-            Token::Nil => {}
-            Token::Str(s) => names.push(s),
+        let one = match v.next().map_err(syntax)? {
+            Token::Nil => true,
+            Token::Str(s) => {
+                names.push(s);
+                true
+            }
             Token::Array(n) => {
                 for _ in 0..n {
                     match v.next().map_err(syntax)? {
@@ -823,9 +862,15 @@ fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), St
                         other => return Err(not_an_entry(&other)),
                     }
                 }
+                false
             }
             other => return Err(not_an_entry(&other)),
-        }
+        };
+        spec.push(match (one, names.first()) {
+            (true, None) => SpecEntry::Replicated,
+            (true, Some(name)) => SpecEntry::Axis((*name).to_owned()),
+            (false, _) => SpecEntry::Axes(names.iter().map(|n| (*n).to_owned()).collect()),
+        });
         let mut parts: u64 = 1;
         for name in &names {
             let found = by_name.binary_search_by(|(x, _)| x.cmp(name));
@@ -849,20 +894,27 @@ fn check_sharding(mut c: Cursor<'_>, dims: &[u64]) -> std::result::Result<(), St
             ));
         }
     }
-    match value(4)? {
-        None | Some((Token::Str(_), _)) => {}
+    let memory_kind = match value(4)? {
+        None => None,
+        Some((Token::Str(s), _)) => Some(s.to_owned()),
         Some((other, _)) => {
             return Err(format!(
                 "\"memory_kind\": expected str or nil, found {}",
                 other.describe()
             ))
         }
-    }
-    Ok(())
+    };
+    Ok(Sharding {
+        mesh_axes: axes.iter().map(|a| (*a).to_owned()).collect(),
+        mesh_shape: sizes,
+        device_ids,
+        spec,
+        memory_kind,
+    })
 }
 
 /// Reads a map key, which must be a str.
-fn map_key<'a>(c: &mut Cursor<'a>, map: impl Fn() -> String) -> Result<&'a str> {
+pub(crate) fn map_key<'a>(c: &mut Cursor<'a>, map: impl Fn() -> String) -> Result<&'a str> {
     match c.next()? {
         Token::Str(s) => Ok(s),
         other => Err(Error::NonStringKey {
@@ -880,7 +932,7 @@ fn duplicate(map: String, key: &str) -> Error {
 }
 
 /// Fails if a key repeats (reorders `keys`).
-fn check_unique(keys: &mut [&str], map: impl Fn() -> String) -> Result<()> {
+pub(crate) fn check_unique(keys: &mut [&str], map: impl Fn() -> String) -> Result<()> {
     let dup = |k: &str| duplicate(map(), k);
     if keys.len() <= 16 {
         for (n, a) in keys.iter().enumerate() {
@@ -1114,6 +1166,42 @@ mod tests {
     fn sharded(record: Value) -> Result<()> {
         let b = enc(&with_leaf(good_header(), 1, "sharding", record));
         Header::decode_validated(&b).map(|_| ())
+    }
+
+    #[test]
+    fn a_sharding_record_is_kept_as_read() {
+        let ids = ints(&[7, -1, 2, 3, 4, 5, 6, 0]); // any distinct ints, in mesh order
+        let record = with_map(
+            with_map(mesh(), "device_ids", ids),
+            "memory_kind",
+            "device".into(),
+        );
+        let record = with_map(record, "spec", Value::Array(vec![strs(&["y", "x"])]));
+        let b = enc(&with_leaf(good_header(), 1, "sharding", record));
+        let h = Header::decode_validated(&b).unwrap();
+        let got = h.leaves[1].sharding.as_deref().unwrap();
+        assert_eq!(got.mesh_axes, ["x", "y"]);
+        assert_eq!(got.mesh_shape, [4, 2]);
+        assert_eq!(got.device_ids, [7, -1, 2, 3, 4, 5, 6, 0]);
+        assert_eq!(got.spec, [SpecEntry::Axes(vec!["y".into(), "x".into()])]);
+        assert_eq!(got.memory_kind.as_deref(), Some("device"));
+        let spec = Value::Array(vec![Value::Nil, Value::from("x")]);
+        let two_d = with_leaf(good_header(), 0, "shape", ints(&[3, 4]));
+        let two_d = with_leaf(two_d, 0, "nbytes", Value::from(48));
+        let b = enc(&with_leaf(
+            two_d,
+            0,
+            "sharding",
+            with_map(mesh(), "spec", spec),
+        ));
+        let h = Header::decode(&b).unwrap();
+        let got = h.leaves[0].sharding.as_deref().unwrap();
+        assert_eq!(
+            got.spec,
+            [SpecEntry::Replicated, SpecEntry::Axis("x".into())]
+        );
+        assert_eq!(got.memory_kind, None);
+        assert!(h.leaves[2].sharding.is_none());
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod msgpack;
 pub mod positional;
 pub mod reader;
 pub mod subbyte;
+pub mod tree;
 pub mod writer;
 
 pub use error::{Error, ErrorKind, LeafRef, Result};
@@ -39,7 +40,7 @@ pub use frame::{
     align_up, data_start, encode_prefix, parse_prefix, MAGIC, MAX_ALIGNMENT, MAX_DEPTH,
     MAX_HEADER_LEN, MAX_NDIM, MIN_ALIGNMENT, PREFIX_LEN, VERSION,
 };
-pub use header::{Checksums, Header, LeafKind, LeafSpec};
+pub use header::{Checksums, Header, LeafKind, LeafSpec, Sharding, SpecEntry};
 pub use msgpack::RawValue;
 pub use reader::{parse_head, Head, MappedFile, Reader, StreamVerifier};
 pub use rmpv;

@@ -209,6 +209,17 @@ struct FileHeader {
     /// Per distinct type, the first leaf of that type.
     first_of_type: Vec<usize>,
     tree: Vec<u8>,
+    /// The encoded `metadata` and `writer` values, if present (and not nil).
+    metadata: Option<Vec<u8>>,
+    writer: Option<Vec<u8>>,
+    /// The header's `leaf_crc32c` bytes and `header_crc32c`, if the file has checksums.
+    crcs: Option<(Vec<u8>, u32)>,
+    /// The header's `alignment`.
+    #[pyo3(get)]
+    alignment: u64,
+    /// The header's `data_nbytes`.
+    #[pyo3(get)]
+    data_nbytes: u64,
     /// The prefix and msgpack header as checked at open (a copy: the file may change after).
     head: Vec<u8>,
     file_len: usize,
@@ -292,27 +303,40 @@ impl FileHeader {
             .map_err(py_err)
     }
 
-    /// The msgpack header as it was checked at open: a copy, so later decodes see what was checked.
-    fn header_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.head[eqx::PREFIX_LEN..])
-    }
-
     /// The record (plus its `index`) of the leaf at key path `path`, or None.
     fn find<'py>(&self, py: Python<'py>, path: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some((index, leaf)) = LeafSpec::find(&self.leaves, path) else {
             return Ok(None);
         };
-        let record = PyDict::new(py);
+        let record = leaf_record(py, leaf)?;
         record.set_item("index", index)?;
-        record.set_item("path", &leaf.path)?;
-        record.set_item("kind", leaf.kind.name())?;
-        record.set_item("dtype", &leaf.dtype)?;
-        record.set_item("shape", &leaf.shape)?;
-        record.set_item("offset", leaf.offset)?;
-        record.set_item("nbytes", leaf.nbytes)?;
-        record.set_item("weak_type", leaf.weak_type)?;
-        record.set_item("key_impl", &leaf.key_impl)?;
         Ok(Some(record))
+    }
+
+    /// Every leaf record as the core decoded and checked it, in record order: a dict of the keys
+    /// of FORMAT.md section 3 (None where a key is absent; `sharding` only where present).
+    fn records<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.leaves
+            .iter()
+            .map(|leaf| leaf_record(py, leaf))
+            .collect()
+    }
+
+    /// The encoded msgpack of the header's `metadata`, or None where it is absent or nil.
+    fn metadata<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.metadata.as_deref().map(|b| PyBytes::new(py, b))
+    }
+
+    /// The encoded msgpack of the header's `writer` map, or None where it is absent or nil.
+    fn writer<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.writer.as_deref().map(|b| PyBytes::new(py, b))
+    }
+
+    /// `(leaf_crc32c, header_crc32c)` of a file with checksums, else None.
+    fn checksums<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u32)> {
+        self.crcs
+            .as_ref()
+            .map(|(leaves, header)| (PyBytes::new(py, leaves), *header))
     }
 
     /// What rebuilding the leaves needs, in a few Python objects: `(kinds, offsets, types, which)`.
@@ -456,10 +480,27 @@ impl FileHeader {
         let (header_len, data_start, header) =
             (parsed.header_len, parsed.data_start, parsed.header);
         let (which, first_of_type) = leaf_types(&header.leaves);
+        let crcs = header.checksums.map(|sums| {
+            let leaves = (0..header.leaves.len())
+                .flat_map(|i| sums.leaf(i).unwrap_or(0).to_le_bytes())
+                .collect();
+            (leaves, sums.header)
+        });
+        let metadata = header.metadata.filter(|v| !v.is_nil());
+        let (metadata, writer) = (
+            metadata.map(|v| v.as_bytes().to_vec()),
+            header.writer.map(|v| v.as_bytes().to_vec()),
+        );
+        let (alignment, data_nbytes) = (header.alignment, header.data_nbytes);
         let (tree, leaves) = (header.tree.as_bytes().to_vec(), header.leaves);
         Ok(FileHeader {
             head, // (parse_head checked it ends where the header does)
             tree,
+            metadata,
+            writer,
+            crcs,
+            alignment,
+            data_nbytes,
             leaves,
             which,
             first_of_type,
@@ -584,6 +625,41 @@ fn unusable() -> PyErr {
 
 /// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
 /// per distinct one, its first leaf.
+/// A leaf record as a dict of FORMAT.md section 3's keys (None where absent; `sharding` only
+/// where present, as a dict of its keys).
+fn leaf_record<'py>(py: Python<'py>, leaf: &LeafSpec) -> PyResult<Bound<'py, PyDict>> {
+    let record = PyDict::new(py);
+    record.set_item("path", &leaf.path)?;
+    record.set_item("kind", leaf.kind.name())?;
+    record.set_item("dtype", &leaf.dtype)?;
+    record.set_item("shape", &leaf.shape)?;
+    record.set_item("offset", leaf.offset)?;
+    record.set_item("nbytes", leaf.nbytes)?;
+    record.set_item("weak_type", leaf.weak_type)?;
+    record.set_item("key_impl", &leaf.key_impl)?;
+    if let Some(sharding) = &leaf.sharding {
+        let record_of = PyDict::new(py);
+        record_of.set_item("mesh_axes", &sharding.mesh_axes)?;
+        record_of.set_item("mesh_shape", &sharding.mesh_shape)?;
+        record_of.set_item("device_ids", &sharding.device_ids)?;
+        let spec = sharding
+            .spec
+            .iter()
+            .map(|entry| -> PyResult<Bound<'py, PyAny>> {
+                Ok(match entry {
+                    eqx::SpecEntry::Replicated => py.None().into_bound(py),
+                    eqx::SpecEntry::Axis(name) => name.into_pyobject(py)?.into_any(),
+                    eqx::SpecEntry::Axes(names) => names.into_pyobject(py)?.into_any(),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        record_of.set_item("spec", spec)?;
+        record_of.set_item("memory_kind", &sharding.memory_kind)?;
+        record.set_item("sharding", record_of)?;
+    }
+    Ok(record)
+}
+
 fn leaf_types(leaves: &[LeafSpec]) -> (Vec<usize>, Vec<usize>) {
     let mut first = Vec::new();
     let mut seen = HashMap::new();

@@ -50,11 +50,7 @@ pub fn header(alignment: u64, data_nbytes: u64, leaves: Vec<Value>) -> Value {
         ("t", Value::from("list")),
         (
             "c",
-            Value::Array(
-                (0..leaves.len())
-                    .map(|i| map(vec![("t", Value::from("leaf")), ("i", Value::from(i))]))
-                    .collect(),
-            ),
+            Value::Array((0..leaves.len()).map(Value::from).collect()),
         ),
     ]);
     map(vec![
