@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pydantic
 import pytest
 
 import eqx_msg
@@ -185,3 +186,40 @@ def test_a_set_is_written_in_the_same_order_in_every_process():
         for seed in ("1", "2")
     }
     assert len(runs) == 1
+
+
+class _Config(pydantic.BaseModel):
+    width: int
+    depth: int
+
+
+def _make(config: _Config, key: jax.Array) -> eqx.nn.MLP:
+    return eqx.nn.MLP(2, 2, config.width, config.depth, key=key)
+
+
+def test_like_may_be_a_function_of_the_files_metadata(tmp_path):
+    # The docs' pattern in one call: hyperparameters saved as metadata build the skeleton, under
+    # filter_eval_shape (no weights made twice), and the file's weights fill it by key path.
+    config = _Config(width=16, depth=2)
+    model = _make(config, jax.random.key(3))
+    path = tmp_path / "m.eqx"
+    eqx_msg.save(path, model, metadata=config.model_dump())
+    seen = []
+
+    def skeleton(meta):
+        seen.append(meta)
+        return eqx.filter_eval_shape(_make, _Config(**meta), jax.random.key(0))
+
+    for loaded in (
+        eqx_msg.load(path, like=skeleton),
+        eqx_msg.loads(path.read_bytes(), like=skeleton),
+        eqx_msg.open(path).load(like=skeleton),
+    ):
+        assert jax.tree.structure(loaded) == jax.tree.structure(model)
+        assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(model)) if eqx.is_array(a))  # fmt: skip
+    assert seen == [config.model_dump()] * 3
+    # A Module is callable, but it is a pytree: it is the skeleton itself, never called.
+    assert jax.tree.structure(eqx_msg.load(path, like=model)) == jax.tree.structure(model)
+    wrong = lambda meta: eqx.filter_eval_shape(_make, _Config(width=8, depth=2), jax.random.key(0))  # noqa: E731
+    with pytest.raises(eqx_msg.StructureMismatchError, match="shape"):
+        eqx_msg.load(path, like=wrong)

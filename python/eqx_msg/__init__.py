@@ -34,7 +34,7 @@ from ._errors import (
     UnserialisableError,
     VersionError,
 )
-from ._header import Header, LeafSpec, ShardingSpec
+from ._header import ArraySpec, Header, LeafSpec, ShardingSpec, TreeView
 from ._registry import register
 from .io import Reader, load, open, save, verify
 
@@ -48,6 +48,7 @@ def header(source: Any) -> Header:
 
 __all__ = [
     "FORMAT_VERSION",
+    "ArraySpec",
     "ChecksumError",
     "ClosedError",
     "DTypeError",
@@ -65,6 +66,7 @@ __all__ = [
     "ShardingError",
     "ShardingSpec",
     "StructureMismatchError",
+    "TreeView",
     "UnknownTypeError",
     "UnserialisableError",
     "VersionError",

@@ -28,7 +28,8 @@ def dumps(tree: Any, *, metadata: Any = None, alignment: int = 64) -> bytes:
     - `tree`: any pytree: Equinox Modules, dicts/lists/tuples/namedtuples, optax states, registered
       nodes; numpy or jax arrays of any dtype, typed PRNG keys, `jax.ShapeDtypeStruct`, Python scalars,
       strings and module-level functions as leaves.
-    - `metadata`: any msgpack value (dicts, lists, strings, numbers) stored in the header.
+    - `metadata`: any msgpack value (dicts, lists, strings, numbers) stored in the header, or a
+      pydantic model (stored as its JSON-mode dump; `Reader.metadata_as(Model)` validates it back).
     - `alignment`: byte alignment of every leaf (a power of two, at least 64).
 
     **Returns:** the file's bytes, e.g. `eqx_msg.loads(eqx_msg.dumps(model))`.

@@ -48,23 +48,30 @@ class ShardingSpec(_Model):
     memory_kind: str | None = None
 
 
-class LeafSpec(_Model):
-    """One array leaf: its key path, kind, dtype, shape and byte range in the data section."""
+class ArraySpec(_Model):
+    """An array as the header describes it, without its bytes: kind, dtype, shape, and how it was
+    laid out over devices. The JSON form of an `eqx_msg.pydantic.Array` field; a leaf record
+    (`LeafSpec`) is one of these plus where its bytes are."""
 
-    path: str = Field(description="the key path, as jax.tree_util.keystr writes it")
     kind: LeafKind
     dtype: str = Field(  # the Rust core checks the name; the enum documents the table
         description="a dtype name from FORMAT.md section 5",
         json_schema_extra={"enum": list[JsonValue](_core.dtype_names())},
     )
     shape: list[NonNegativeInt]
-    offset: NonNegativeInt | None = Field(None, description="start, relative to the data section")
-    nbytes: NonNegativeInt | None = None
     weak_type: bool = False
     key_impl: str | None = Field(
         None, description="typed PRNG key impl; dtype/shape are its data's"
     )
     sharding: ShardingSpec | None = None
+
+
+class LeafSpec(ArraySpec):
+    """One array leaf: its key path, kind, dtype, shape and byte range in the data section."""
+
+    path: str = Field(description="the key path, as jax.tree_util.keystr writes it")
+    offset: NonNegativeInt | None = Field(None, description="start, relative to the data section")
+    nbytes: NonNegativeInt | None = None
 
 
 class NoneNode(_Model):
@@ -175,15 +182,26 @@ _Checksums = Annotated[
 ]
 
 
-class Header(_Model):
+class TreeView(_Model):
+    """A pytree as the header describes it, without bytes: its tree of nodes (classes by name,
+    static fields by name) and a record per array leaf. The JSON form of an
+    `eqx_msg.pydantic.Tree` field; a file's `Header` is one of these plus its layout."""
+
+    leaves: list[LeafSpec]
+    tree: Node
+
+    def keys(self) -> list[str]:
+        """The key paths of the array leaves, in record order."""
+        return [leaf.path for leaf in self.leaves]
+
+
+class Header(TreeView):
     """The header of an eqx_msg file."""
 
     format: Literal["eqx_msg"]
     version: Literal[1]
     alignment: int = Field(ge=64, le=1 << 20, description="a power of two")
     data_nbytes: NonNegativeInt
-    leaves: list[LeafSpec]
-    tree: Node
     metadata: Any = None
     writer: dict[str, Any] = Field(
         default={}, description="software versions; eqx_msg writes str values, readers take any"
@@ -201,11 +219,7 @@ class Header(_Model):
         "header's last value, a msgpack uint32",
     )
 
-    def keys(self) -> list[str]:
-        """The key paths of the array leaves, in record order."""
-        return [leaf.path for leaf in self.leaves]
-
 
 for _model in (ListNode, TupleNode, DictNode, OrderedDictNode, DefaultDictNode, NamedTupleNode,
-               CustomNode, Header):  # fmt: skip
+               CustomNode, TreeView, Header):  # fmt: skip
     _model.model_rebuild()

@@ -26,7 +26,10 @@ DOC = """\
 - `like`: optional pytree (or `eqx.filter_eval_shape` skeleton) whose structure and static
   fields to use (a warning names the nodes whose static fields differ from the file's); leaves
   are matched by key path, and every missing or extra key path and every shape or dtype mismatch
-  is reported in one `StructureMismatchError`.
+  is reported in one `StructureMismatchError`. Or a function that takes the file's metadata
+  and returns that skeleton (`lambda meta: eqx.filter_eval_shape(make_model, Config(**meta))`):
+  the recommended way to load a model whose class has changed since the file was written (the
+  hyperparameters saved as metadata build the model as it is now; no weights are made twice).
 - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
 - `device`: where jax leaves go (default: JAX's default device). On the CPU they alias the
   file's bytes where those are 64-byte aligned (a map, an aligned copy).

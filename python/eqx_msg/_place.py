@@ -118,8 +118,9 @@ def _single_device(device: Any) -> Any:
     return device
 
 
-def sharding_record(array: jax.Array) -> ShardingRecord | None:
-    """How a jax.Array is laid out (FORMAT.md section 7), or None unless it has a NamedSharding."""
+def sharding_record(array: jax.Array | jax.ShapeDtypeStruct) -> ShardingRecord | None:
+    """How a jax.Array (or a ShapeDtypeStruct) is laid out (FORMAT.md section 7), or None unless it
+    has a NamedSharding."""
     sharding = getattr(array, "sharding", None)
     if type(sharding) is SingleDeviceSharding or not isinstance(sharding, NamedSharding):
         return None  # (the exact-type test first: an ABC's isinstance costs ~0.2 us a leaf)

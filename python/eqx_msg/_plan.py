@@ -11,6 +11,7 @@ import equinox
 import jax
 import msgpack
 import numpy as np
+import pydantic
 
 from . import _core, _gc, _tree
 from ._errors import (
@@ -36,6 +37,14 @@ class Plan(NamedTuple):
     records: list[LeafRecord]
     sources: list[Any]
     data_nbytes: int
+
+
+def _plain(metadata: Any) -> Any:
+    """The metadata as msgpack data: a pydantic model as its JSON-mode dump (`Reader.metadata_as`
+    validates it back)."""
+    if isinstance(metadata, pydantic.BaseModel):
+        return metadata.model_dump(mode="json")
+    return metadata
 
 
 def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
@@ -64,7 +73,7 @@ def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
         "data_nbytes": data_nbytes,
         "leaves": flat.records,
         "tree": flat.tree,
-        "metadata": metadata,
+        "metadata": _plain(metadata),
         "writer": WRITER,
     }
     try:

@@ -47,7 +47,15 @@ def rebuild(file: File, load: Load) -> Any:
         )
         if load.like is None:
             return _tree.unflatten(tree, leaves, allowed)
-        return match_like(load.like, tree, paths(), leaves, allowed)
+        return match_like(skeleton(load.like, file), tree, paths(), leaves, allowed)
+
+
+def skeleton(like: Any, file: File) -> Any:
+    """`like=` itself, or what it returns given the file's metadata where it is a function (a pytree
+    leaf that is callable: a Module, though callable, is a pytree of its fields)."""
+    if callable(like) and jtu.treedef_is_leaf(jtu.tree_structure(like)):
+        return like(file.metadata)
+    return like
 
 
 def selector(

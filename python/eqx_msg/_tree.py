@@ -285,6 +285,9 @@ def leaf_record(obj: Any, path: str) -> LeafRecord:
             record = {"path": path, "kind": Kind.ABSTRACT, "dtype": dtype_name, "shape": shape}
         if obj.weak_type:
             record["weak_type"] = True
+        sharding = _place.sharding_record(obj)  # (a ShapeDtypeStruct may carry one)
+        if sharding is not None:
+            record["sharding"] = sharding
         return record
     if isinstance(obj, jax.core.Tracer):
         raise UnserialisableError(

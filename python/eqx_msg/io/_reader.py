@@ -8,10 +8,11 @@ import contextlib
 import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import numpy as np
+import pydantic
 
 from .. import _core, _file, _gc, _leaves, _options, _place, _rebuild, _registry, _tree
 from .._errors import (
@@ -80,6 +81,9 @@ def open(source: PathLike | Any) -> Reader:  # noqa: A001 - mirrors builtins.ope
     return Reader(source)
 
 
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+
 class Reader:
     """An eqx_msg file opened for lazy access: header, key paths, single leaves, slices, subtrees.
 
@@ -124,6 +128,16 @@ class Reader:
     def metadata(self) -> Any:
         """The user metadata stored with `save(..., metadata=)`."""
         return self._file.metadata
+
+    def metadata_as(self, model: type[_M]) -> _M:
+        """The metadata validated as the pydantic model `model` (its own validators run).
+
+        **Arguments:**
+        - `model`: a `pydantic.BaseModel` subclass (such as the one given to `save(..., metadata=)`).
+
+        **Returns:** `model.model_validate(metadata)`; a `pydantic.ValidationError` if it does not fit.
+        """
+        return model.model_validate(self.metadata)
 
     def keys(self) -> list[str]:
         """The key paths of the array leaves, in file order."""
