@@ -34,6 +34,7 @@ from ._errors import (
     UnserialisableError,
     VersionError,
 )
+from ._generic import GenericNode, UnknownName
 from ._header import ArraySpec, Header, LeafSpec, ShardingSpec, TreeView
 from ._registry import register
 from .io import Reader, load, open, save, verify
@@ -54,6 +55,7 @@ __all__ = [
     "DTypeError",
     "EqxMsgError",
     "FormatError",
+    "GenericNode",
     "Header",
     "HeaderError",
     "KeyPathError",
@@ -67,6 +69,7 @@ __all__ = [
     "ShardingSpec",
     "StructureMismatchError",
     "TreeView",
+    "UnknownName",
     "UnknownTypeError",
     "UnserialisableError",
     "VersionError",

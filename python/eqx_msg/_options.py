@@ -20,6 +20,7 @@ class LoadOptions(TypedDict, total=False):
     filter: Any
     as_numpy: bool
     verify: bool
+    unknown: str
 
 
 DOC = """\
@@ -42,6 +43,12 @@ DOC = """\
 - `as_numpy`: every array leaf as a read-only numpy array (a view where the bytes are in memory),
   jax leaves included (typed PRNG keys stay jax key arrays: numpy has none); nothing goes to a
   device.
+- `unknown`: `"error"` (the default): a class or function the registry does not trust is an
+  `UnknownTypeError`. `"generic"`: a node of such a class comes back as an
+  `eqx_msg.GenericNode` (its class name, children by key, static fields by name; readable as
+  attributes, a pytree with the file's key paths, saved back as the node it was) and such a
+  function as an `eqx_msg.UnknownName`, with a warning naming them; nothing is imported or
+  run. Enough to inspect, convert or take the weights of a model whose code you do not have.
 - `verify`: first check every byte of the file against its checksums (`eqx_msg.verify`), so that
   a damaged file raises `ChecksumError` instead of loading; this reads the whole file. The
   prefix and header are checked on every load."""
@@ -58,6 +65,7 @@ class Load:
     filter: Any = None
     as_numpy: bool = False
     verify: bool = False
+    unknown: str = "error"
 
     @classmethod
     def of(cls, options: Mapping[str, Any], caller: str) -> Load:
@@ -68,6 +76,8 @@ class Load:
                 f"{caller}() got unexpected keyword arguments {unknown}; it takes {sorted(_NAMES)}"
             )
         load = cls(**options)
+        if load.unknown not in ("error", "generic"):
+            raise ValueError(f"unknown={load.unknown!r}: 'error' or 'generic'")
         if load.as_numpy and (load.device is not None or load.sharding is not None):
             raise ShardingError(
                 "as_numpy=True keeps arrays on the host: device= and sharding= do not apply"

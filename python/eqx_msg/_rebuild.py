@@ -9,10 +9,11 @@ from typing import Any
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _gc, _leaves, _place, _registry, _tree
+from . import _gc, _generic, _leaves, _place, _registry, _tree
 from ._errors import (
     KeyPathError,
     at,
+    warn,
 )
 from ._file import File, decode_tree
 from ._like import match_like
@@ -24,6 +25,8 @@ def rebuild(file: File, load: Load) -> Any:
     if load.verify:
         file.verify()
     allowed = _registry.allow_map(load.allow)
+    if load.unknown == "generic":
+        allowed = _generic.Fallback(allowed)
     paths = file.header.paths
     tree = decode_tree(file.header.tree())
     select = selector(load.filter, lambda wanted: _tree.subtree_paths(tree, wanted))
@@ -46,8 +49,17 @@ def rebuild(file: File, load: Load) -> Any:
             file.table, hosts, load.device, shardings, paths, load.as_numpy
         )
         if load.like is None:
-            return _tree.unflatten(tree, leaves, allowed)
-        return match_like(skeleton(load.like, file), tree, paths(), leaves, allowed)
+            out = _tree.unflatten(tree, leaves, allowed)
+        else:
+            out = match_like(skeleton(load.like, file), tree, paths(), leaves, allowed)
+    if isinstance(allowed, _generic.Fallback) and allowed.unknown:
+        names = sorted(allowed.unknown)
+        warn(
+            f"the file names {len(names)} classes or functions the registry does not trust "
+            f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): loaded as "
+            "eqx_msg.GenericNode / eqx_msg.UnknownName (unknown='generic'), nothing imported"
+        )
+    return out
 
 
 def skeleton(like: Any, file: File) -> Any:

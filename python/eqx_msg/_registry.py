@@ -311,6 +311,12 @@ def _trusted(name: str | None) -> bool:
     return name is not None and name.startswith(_TRUSTED) and not _DENIED.search(name)
 
 
+def trusted(name: str, allow: Mapping[str, Any]) -> Any:
+    """The object `allow` or the registry holds under `name`, else `MISSING` (`_registry.MISSING`)."""
+    found = allow.get(name, _MISSING)
+    return _held(name) if found is _MISSING else found
+
+
 def resolve(name: str, allow: Mapping[str, Any], where: Where) -> Any:
     """The object registered (or allowed) under `name`; `UnknownTypeError` if there is none."""
     found = allow.get(name, _MISSING)
@@ -485,6 +491,7 @@ _TRUSTED = tuple(
     "collections.",
 )
 _MISSING = object()
+MISSING = _MISSING  # what `trusted` gives for a name it does not hold
 
 __all__ = ["allow_map", "canonical_name", "name_of", "register", "resolve", "user_name"]
 

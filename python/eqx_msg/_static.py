@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from . import _core, _dtypes, _registry
+from . import _core, _dtypes, _generic, _registry
 from ._errors import (
     DTypeError,
     EqxMsgError,
@@ -213,7 +213,7 @@ def decode(data: Any, allow: Mapping[str, Any], where: Where) -> Any:
     try:
         tag = data["$"]
         if tag == "ref":
-            return _registry.resolve(_str(data["v"]), allow, where)
+            return _registry.resolve(_str(data["v"]), allow, where)  # (unknown="generic": a name)
         if tag == "list":
             return [decode(v, allow, where) for v in data["v"]]
         if tag == "dict":
@@ -256,6 +256,8 @@ def decode(data: Any, allow: Mapping[str, Any], where: Where) -> Any:
             return array[()]
         if tag == "enum":
             cls = _registry.resolve(_str(data["cls"]), allow, where)
+            if isinstance(cls, _generic.UnknownName):  # (unknown="generic")
+                return _generic.UnknownName(f"{cls.name}.{_str(data['v'])}")
             if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
                 raise HeaderError(f"{at(where)}: {data['cls']} is not an Enum class")
             return cls[_str(data["v"])]

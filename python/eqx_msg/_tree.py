@@ -22,7 +22,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax._src.tree_util import default_registry
 
-from . import _core, _dtypes, _modules, _place, _registry, _static
+from . import _core, _dtypes, _generic, _modules, _place, _registry, _static
 from ._errors import (
     DTypeError,
     EqxMsgError,
@@ -214,6 +214,11 @@ class _Flattener:
 
     def custom(self, obj: Any, path: str) -> dict[str, Any]:
         """A node registered with JAX (Module, optax state, ...), or a non-array leaf."""
+        if type(obj) is _generic.GenericNode:  # written back as the node it was read from
+            return {
+                **_generic.stored_node(obj),
+                "c": self.descend(path, ((v, path + k) for k, v in obj.children.items())),
+            }
         children, treedef = jtu.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
         node_data = treedef.node_data()  # type: ignore[attr-defined]  # (not in jaxlib's stubs)
         if node_data is None:  # JAX sees a leaf: it must be a static value (function, class, ...)
@@ -401,6 +406,8 @@ class _Builder:
 
     def namedtuple(self, node: dict[str, Any], where: Where) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
+        if isinstance(cls, _generic.UnknownName):  # (unknown="generic")
+            return self.generic(node, None, where)
         if not (
             isinstance(cls, type)
             and issubclass(cls, tuple)
@@ -418,6 +425,13 @@ class _Builder:
 
     def custom(self, node: dict[str, Any], where: Where) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)
+        if isinstance(cls, _generic.UnknownName):  # (unknown="generic")
+            stored = node.get("static")
+            if stored is None:
+                static = _static.decode(node["aux"], self.allow, where)
+            else:
+                static = {k: _static.decode(v, self.allow, where) for k, v in stored.items()}
+            return self.generic(node, static, where)
         if cls in _BUILTIN_NODES or (
             isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
         ):
@@ -458,6 +472,11 @@ class _Builder:
             ) from None
         _check_keys(node, node.get("keys"), _child_keys(cls, obj), where)
         return obj
+
+    def generic(self, node: dict[str, Any], static: Any, where: Where) -> _generic.GenericNode:
+        """A node of a class the registry does not trust, loaded with unknown="generic"."""
+        children = self.children(node["c"], where, functools.partial(_saved_key, node))
+        return _generic.generic(node, children, static, where)
 
     def flatten_data(self, cls: Any, node: dict[str, Any], where: Where) -> Any:
         """A `node`'s flatten data: its `aux`, or that of a Module's `static` fields by name."""
