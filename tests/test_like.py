@@ -223,3 +223,34 @@ def test_like_may_be_a_function_of_the_files_metadata(tmp_path):
     wrong = lambda meta: eqx.filter_eval_shape(_make, _Config(width=8, depth=2), jax.random.key(0))  # noqa: E731
     with pytest.raises(eqx_msg.StructureMismatchError, match="shape"):
         eqx_msg.load(path, like=wrong)
+
+
+def test_strict_false_takes_what_matches_and_keeps_like_elsewhere(tmp_path):
+    model = eqx.nn.MLP(2, 2, 8, 1, key=KEY)
+    path = tmp_path / "m.eqx"
+    eqx_msg.save(path, model)
+    params, static = eqx.partition(model, eqx.is_array)
+    with pytest.raises(eqx_msg.StructureMismatchError):
+        eqx_msg.load(path, like=params)  # all or nothing by default
+    with pytest.warns(UserWarning, match=r"strict=False: \d+ leaves did not match"):
+        half = eqx_msg.load(path, like=params, strict=False)  # a params-only partition half
+    for a, b in zip(jax.tree.leaves(half), jax.tree.leaves(params)):
+        assert jnp.array_equal(a, b)
+    x = jnp.ones(2)
+    assert jnp.array_equal(eqx.combine(half, static)(x), model(x))
+    # A model that changed: what fits comes from the file, the rest stays like='s, all reported.
+    saved = {"w": np.arange(4.0), "b": np.ones(3), "old": np.zeros(2)}
+    eqx_msg.save(path, saved)
+    now = {"w": np.zeros(4), "b": np.zeros(5), "new": np.full(2, 9.0)}
+    with pytest.warns(UserWarning) as w:
+        got = eqx_msg.load(path, like=now, strict=False)
+    message = str(w[0].message)
+    assert (
+        "['b']: like= has shape (5,)" in message
+        and "['new']: in like= but not in the file" in message
+    )
+    assert "['old']: in the file but not in like=" in message
+    np.testing.assert_array_equal(got["w"], saved["w"])
+    assert got["b"] is now["b"] and got["new"] is now["new"] and "old" not in got
+    with pytest.raises(ValueError, match="strict=False applies to like="):
+        eqx_msg.load(path, strict=False)

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 _ALIGN_COPY_MIN = 16 << 20  # below this, per-leaf copies cost less than a fresh buffer
 
 
-def dumps(tree: Any, *, metadata: Any = None, alignment: int = 64) -> bytes:
+def dumps(
+    tree: Any, *, metadata: Any = None, alignment: int = 64, unstorable: str = "error"
+) -> bytes:
     """Serialise a pytree to bytes in the eqx_msg format.
 
     **Arguments:**
@@ -31,14 +33,25 @@ def dumps(tree: Any, *, metadata: Any = None, alignment: int = 64) -> bytes:
     - `metadata`: any msgpack value (dicts, lists, strings, numbers) stored in the header, or a
       pydantic model (stored as its JSON-mode dump; `Reader.metadata_as(Model)` validates it back).
     - `alignment`: byte alignment of every leaf (a power of two, at least 64).
+    - `unstorable`: what a function that cannot be stored by name (a lambda, a local closure, a
+      `jax.jit` wrapper) becomes: `"error"` (the default: `UnserialisableError` naming its key
+      path) or `"placeholder"`, a named placeholder that loading refuses
+      (`StructureMismatchError` naming the key path) unless `like=` holds the function there.
 
     **Returns:** the file's bytes, e.g. `eqx_msg.loads(eqx_msg.dumps(model))`.
     """
-    planned = plan(tree, metadata, alignment)
+    planned = plan(tree, metadata, alignment, unstorable)
     return _core.assemble(planned.header, _host_arrays(planned))
 
 
-def dumps_into(tree: Any, buffer: Any, *, metadata: Any = None, alignment: int = 64) -> int:
+def dumps_into(
+    tree: Any,
+    buffer: Any,
+    *,
+    metadata: Any = None,
+    alignment: int = 64,
+    unstorable: str = "error",
+) -> int:
     """Serialise a pytree into the start of a writable buffer; returns the number of bytes written.
 
     Like `dumps`, without allocating: a buffer reused across checkpoints is already backed by
@@ -46,7 +59,7 @@ def dumps_into(tree: Any, buffer: Any, *, metadata: Any = None, alignment: int =
     fault per page. A 64-byte-aligned buffer (an `mmap`, a numpy array) loads back zero-copy.
 
     **Arguments:**
-    - `tree`, `metadata`, `alignment`: as for `dumps`.
+    - `tree`, `metadata`, `alignment`, `unstorable`: as for `dumps`.
     - `buffer`: a writable bytearray, mmap, memoryview or C-contiguous numpy array, at least
       `eqx_msg.dumps_size(tree, metadata=metadata)` bytes long; bytes past the file are untouched.
 
@@ -56,13 +69,15 @@ def dumps_into(tree: Any, buffer: Any, *, metadata: Any = None, alignment: int =
     a leaf lies inside the buffer; `TypeError` if the buffer is read-only.
     """
     out = as_bytes_array(buffer, writable=True)
-    planned = plan(tree, metadata, alignment)
+    planned = plan(tree, metadata, alignment, unstorable)
     return _core.assemble_into(planned.header, _host_arrays(planned), out)
 
 
-def dumps_size(tree: Any, *, metadata: Any = None, alignment: int = 64) -> int:
-    """The length in bytes of `dumps(tree, metadata=metadata, alignment=alignment)`."""
-    planned = plan(tree, metadata, alignment)
+def dumps_size(
+    tree: Any, *, metadata: Any = None, alignment: int = 64, unstorable: str = "error"
+) -> int:
+    """The length in bytes of `dumps(tree, ...)` with the same keyword arguments."""
+    planned = plan(tree, metadata, alignment, unstorable)
     return _core.total_len(planned.header)
 
 

@@ -23,8 +23,11 @@ def match_like(
     paths: Sequence[str],
     leaves: Sequence[Any],
     allow: Mapping[str, Any],
+    strict: bool = True,
 ) -> Any:
-    """Fill `like`'s structure with the file's leaves by key path; report every mismatch at once."""
+    """Fill `like`'s structure with the file's leaves by key path; report every mismatch at once
+    (`strict`), or keep `like`'s leaf wherever the file has none that fits and warn what was
+    skipped (not `strict`)."""
     found: dict[str, Any] = dict(zip(paths, leaves))
     values = dict(_tree.value_paths(tree))
     try:
@@ -40,13 +43,28 @@ def match_like(
             problem = _compare(reference, leaf)
             if problem:
                 problems.append(f"{path}: {problem}")
+                leaf = reference
         elif path in values:
-            leaf = _static.decode(values.pop(path), allow, path)
+            encoded = values.pop(path)  # (a placeholder of a function not stored: like='s)
+            leaf = (
+                reference
+                if _static.is_placeholder(encoded)
+                else _static.decode(encoded, allow, path)
+            )
         else:
             problems.append(f"{path}: in like= but not in the file")
-            leaf = None
+            leaf = reference
         out.append(leaf)
     problems.extend(f"{path}: in the file but not in like=" for path in [*found, *values])
+    if problems and not strict:
+        shown = "\n  ".join(problems[:10]) + (
+            f"\n  and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        warn(
+            f"like= with strict=False: {len(problems)} leaves did not match and were skipped "
+            f"(like='s value kept, the file's left out):\n  {shown}"
+        )
+        problems = []
     if problems:
         raise StructureMismatchError(
             f"the file does not match like= ({len(problems)} problems):\n  " + "\n  ".join(problems)

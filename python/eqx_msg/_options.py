@@ -21,6 +21,7 @@ class LoadOptions(TypedDict, total=False):
     as_numpy: bool
     verify: bool
     unknown: str
+    strict: bool
 
 
 DOC = """\
@@ -31,6 +32,9 @@ DOC = """\
   and returns that skeleton (`lambda meta: eqx.filter_eval_shape(make_model, Config(**meta))`):
   the recommended way to load a model whose class has changed since the file was written (the
   hyperparameters saved as metadata build the model as it is now; no weights are made twice).
+- `strict`: with `like=`, False takes from the file what matches by key path (shape and dtype
+  included) and keeps `like=`'s leaf everywhere else, with one warning listing what was
+  skipped; so a params-only half of `eqx.partition` works as `like=` (its `None`s stay `None`).
 - `allow`: classes and functions (or a `{name: obj}` mapping) to accept on top of the registry.
 - `device`: where jax leaves go (default: JAX's default device). On the CPU they alias the
   file's bytes where those are 64-byte aligned (a map, an aligned copy).
@@ -66,6 +70,7 @@ class Load:
     as_numpy: bool = False
     verify: bool = False
     unknown: str = "error"
+    strict: bool = True
 
     @classmethod
     def of(cls, options: Mapping[str, Any], caller: str) -> Load:
@@ -76,6 +81,8 @@ class Load:
                 f"{caller}() got unexpected keyword arguments {unknown}; it takes {sorted(_NAMES)}"
             )
         load = cls(**options)
+        if not load.strict and load.like is None:
+            raise ValueError("strict=False applies to like=; pass like= as well")
         if load.unknown not in ("error", "generic"):
             raise ValueError(f"unknown={load.unknown!r}: 'error' or 'generic'")
         if load.as_numpy and (load.device is not None or load.sharding is not None):

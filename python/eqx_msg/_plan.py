@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pydantic
 
-from . import _core, _gc, _tree
+from . import _core, _gc, _static, _tree
 from ._errors import (
     LayoutError,
     UnserialisableError,
@@ -47,8 +47,11 @@ def _plain(metadata: Any) -> Any:
     return metadata
 
 
-def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
-    """Flatten `tree`, lay its leaves out at `alignment` and encode the header."""
+def plan(tree: Any, metadata: Any, alignment: int, unstorable: str = "error") -> Plan:
+    """Flatten `tree`, lay its leaves out at `alignment` and encode the header; `unstorable` says
+    what a function that cannot be stored by name becomes ("error" or "placeholder")."""
+    if unstorable not in ("error", "placeholder"):
+        raise ValueError(f"unstorable={unstorable!r}: 'error' or 'placeholder'")
     if (
         type(alignment) is not int
         or not _core.MIN_ALIGNMENT <= alignment <= _core.MAX_ALIGNMENT
@@ -58,8 +61,12 @@ def plan(tree: Any, metadata: Any, alignment: int) -> Plan:
             f"alignment={alignment!r}: a power of two from {_core.MIN_ALIGNMENT} to "
             f"{_core.MAX_ALIGNMENT} is needed"
         )
-    with _gc.paused():
-        flat = _tree.flatten(tree)
+    mode = _static.UNSTORABLE.set(unstorable)
+    try:
+        with _gc.paused():
+            flat = _tree.flatten(tree)
+    finally:
+        _static.UNSTORABLE.reset(mode)
     stored = [r for r in flat.records if r["kind"] != Kind.ABSTRACT]
     sizes = [_core.storage_nbytes(r["dtype"], r["shape"]) for r in stored]
     offsets, data_nbytes = _core.layout(sizes, alignment)

@@ -51,7 +51,8 @@ def rebuild(file: File, load: Load) -> Any:
         if load.like is None:
             out = _tree.unflatten(tree, leaves, allowed)
         else:
-            out = match_like(skeleton(load.like, file), tree, paths(), leaves, allowed)
+            like = skeleton(load.like, file)
+            out = match_like(like, tree, paths(), leaves, allowed, load.strict)
     if isinstance(allowed, _generic.Fallback) and allowed.unknown:
         names = sorted(allowed.unknown)
         warn(

@@ -9,6 +9,7 @@ registry when decoding.
 from __future__ import annotations
 
 import collections
+import contextvars
 import enum
 import functools
 from collections.abc import Mapping, Sequence
@@ -23,12 +24,29 @@ from ._errors import (
     EqxMsgError,
     HeaderError,
     LimitError,
+    StructureMismatchError,
     UnserialisableError,
     Where,
     at,
 )
 
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+
+# What `encode` does with a function it cannot store by name (a lambda, a closure, a jit wrapper):
+# "error" (UnserialisableError), or "placeholder" (save(..., unstorable="placeholder")).
+UNSTORABLE: contextvars.ContextVar[str] = contextvars.ContextVar("unstorable", default="error")
+
+
+def is_placeholder(encoded: Any) -> bool:
+    """Whether an encoded static value is a placeholder for a function that was not stored."""
+    return isinstance(encoded, dict) and encoded.get("$") == "placeholder"
+
+
+def _describe(func: Any) -> str:
+    """What a placeholder says it stands for: the function's name and where it was defined."""
+    code = getattr(func, "__code__", None)
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{name} ({code.co_filename}:{code.co_firstlineno})" if code is not None else name
 
 
 def encode(value: Any, where: str, level: int) -> Any:
@@ -97,7 +115,12 @@ def encode(value: Any, where: str, level: int) -> Any:
         _room(level + 1, where)
         return _encode_small_array(value, where)
     if isinstance(value, type) or callable(value):
-        return {"$": "ref", "v": _registry.name_of(value, where)}
+        try:
+            return {"$": "ref", "v": _registry.name_of(value, where)}
+        except UnserialisableError:
+            if UNSTORABLE.get() != "placeholder" or isinstance(value, type):
+                raise
+            return {"$": "placeholder", "v": _describe(value)}
     if kind in _PLACEHOLDERS and getattr(value, "__dict__", None) == {}:
         return {"$": "new", "cls": _registry.name_of(kind, where)}
     hint = (
@@ -214,6 +237,12 @@ def decode(data: Any, allow: Mapping[str, Any], where: Where) -> Any:
         tag = data["$"]
         if tag == "ref":
             return _registry.resolve(_str(data["v"]), allow, where)  # (unknown="generic": a name)
+        if tag == "placeholder":
+            raise StructureMismatchError(
+                f"{at(where)}: the file holds a placeholder for the function {_str(data['v'])}, "
+                "which could not be stored by name (saved with unstorable='placeholder'): load "
+                "with like= holding the function there (e.g. the model built as it was saved)"
+            )
         if tag == "list":
             return [decode(v, allow, where) for v in data["v"]]
         if tag == "dict":

@@ -33,13 +33,18 @@ _BLOCK = 4 << 20
 
 
 def save(
-    target: PathLike | BinaryIO, tree: Any, *, metadata: Any = None, alignment: int = 64
+    target: PathLike | BinaryIO,
+    tree: Any,
+    *,
+    metadata: Any = None,
+    alignment: int = 64,
+    unstorable: str = "error",
 ) -> None:
     """Write a pytree to a file, streaming leaf by leaf; atomic when `target` is a path.
 
     **Arguments:**
     - `target`: a path (`str` or path-like), or a writable binary file object.
-    - `tree`, `metadata`, `alignment`: as for `eqx_msg.dumps`.
+    - `tree`, `metadata`, `alignment`, `unstorable`: as for `eqx_msg.dumps`.
 
     A path is written to a temporary file in the same directory, fsynced and renamed over the target,
     then the directory is fsynced: a crash never leaves a half-written file at `target`, and on any
@@ -62,7 +67,7 @@ def save(
             "bytes are a file's contents to eqx_msg.open and load, so a bytes path is not taken "
             "(pass os.fsdecode(path))"
         )
-    planned = _plan.plan(tree, metadata, alignment)
+    planned = _plan.plan(tree, metadata, alignment, unstorable)
     if isinstance(target, str | os.PathLike):
         _atomic.replace(os.fsdecode(target), lambda f: _write_file(f, planned))
     else:
