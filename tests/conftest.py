@@ -127,6 +127,15 @@ def _as_compared(x: Any) -> Any:
 
 
 @pytest.fixture
+def as_another_process(monkeypatch):
+    """Call after saving: from then on the test loads as a process that did not save those classes
+    (the registry alone, not the classes this process saved, is trusted)."""
+    from eqx_msg import _registry
+
+    return lambda: monkeypatch.setattr(_registry, "_saved_here", {})
+
+
+@pytest.fixture
 def roundtrip():
     """Round-trip through dumps/loads and check the result is the same tree."""
     import eqx_msg

@@ -140,9 +140,10 @@ class Configured(eqx.Module):
 
 
 @pytest.mark.filterwarnings("ignore:A JAX array is being set as static")  # (numpy scalars too)
-def test_enum_members_and_numpy_scalars_as_static_fields(roundtrip):
+def test_enum_members_and_numpy_scalars_as_static_fields(roundtrip, as_another_process):
     model = Configured(jnp.ones(2), Act.GELU, Mode.EVAL, np.float32(1e-5), np.int8(3))
     data = eqx_msg.dumps(model)
+    as_another_process()
     with pytest.raises(eqx_msg.UnknownTypeError, match="Act"):
         eqx_msg.loads(data, allow=[Configured])  # an Enum class resolves like any class
     loaded = roundtrip(model, allow=[Configured, Act, Mode])
@@ -174,8 +175,9 @@ def test_user_module_rebuilt_without_init(roundtrip):
     assert len(INIT_CALLS) == before
 
 
-def test_unregistered_user_class_needs_allow():
+def test_unregistered_user_class_needs_allow(as_another_process):
     data = eqx_msg.dumps(Block(jnp.ones(1), None, (1,), "f", "b", jax.nn.relu))
+    as_another_process()
     with pytest.raises(eqx_msg.UnknownTypeError, match="Block.*allow="):
         eqx_msg.loads(data)
 
@@ -275,8 +277,9 @@ class Data:
     n: int
 
 
-def test_registered_nodes_after_register(roundtrip):
+def test_registered_nodes_after_register(roundtrip, as_another_process):
     data = eqx_msg.dumps({"p": Pair(np.ones(2), jnp.zeros(1), "t"), "d": Data(jnp.ones(3), 4)})
+    as_another_process()
     with pytest.raises(eqx_msg.UnknownTypeError):
         eqx_msg.loads(data)
     eqx_msg.register(Pair)

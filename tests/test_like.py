@@ -24,9 +24,10 @@ class Secret(eqx.Module):
     b: jax.Array
 
 
-def test_like_uses_the_given_structure_without_the_registry():
+def test_like_uses_the_given_structure_without_the_registry(as_another_process):
     model = Secret(jnp.ones((2, 3)), jnp.zeros(3))
     data = eqx_msg.dumps(model)
+    as_another_process()
     with pytest.raises(eqx_msg.UnknownTypeError):
         eqx_msg.loads(data)
     skeleton = eqx.filter_eval_shape(lambda: Secret(jnp.ones((2, 3)), jnp.zeros(3)))

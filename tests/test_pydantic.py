@@ -241,3 +241,131 @@ def test_metadata_may_be_a_model_and_comes_back_validated(tmp_path):
     eqx_msg.save(path, {"w": np.ones(3)}, metadata={"width": -1, "lr": 0.1})
     with eqx_msg.open(path) as reader, pytest.raises(pydantic.ValidationError, match="positive"):
         reader.metadata_as(Config)  # the model's own validators run
+
+
+CHECKPOINT_MODULE = """
+import datetime
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import pydantic
+
+import eqx_msg
+from eqx_msg.pydantic import Array, Tree
+
+
+class Optim(pydantic.BaseModel):
+    lr: float
+
+    @pydantic.field_validator("lr")
+    @classmethod
+    def _positive(cls, v):
+        if v <= 0:
+            raise ValueError("lr must be positive")
+        return v
+
+
+class Checkpoint(pydantic.BaseModel):
+    validations: ClassVar[int] = 0
+    model: Tree
+    step: int
+    optim: Optim
+    when: datetime.datetime
+    mean: Array
+    tags: list[str] = []
+
+    @pydantic.model_validator(mode="after")
+    def _count(self):
+        type(self).validations += 1
+        return self
+
+
+eqx_msg.register(Optim)
+eqx_msg.register(Checkpoint)
+
+
+def make():
+    return Checkpoint(
+        model=eqx.nn.MLP(2, 2, 8, 1, key=jax.random.key(0)), step=7, optim=Optim(lr=1e-3),
+        when=datetime.datetime(2026, 12, 3, 17, 0), mean=jax.numpy.arange(3.0), tags=["a", "b"],
+    )
+"""
+
+
+def _in_fresh_process(tmp_path, code):
+    (tmp_path / "ckpt_module.py").write_text(CHECKPOINT_MODULE)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + code],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_a_whole_checkpoint_model_saves_and_loads_validated_in_a_fresh_process(tmp_path):
+    path = tmp_path / "ckpt.eqx"
+    _in_fresh_process(tmp_path, f"import ckpt_module, eqx_msg; eqx_msg.save({str(path)!r}, {{'ckpt': ckpt_module.make()}})")  # fmt: skip
+    node = eqx_msg.header(path).model_dump()["tree"]["c"][0]
+    assert node["t"] == "model" and node["cls"] == "ckpt_module.Checkpoint"
+    assert node["static"]["step"] == 7 and node["static"]["when"] == "2026-12-03T17:00:00"
+    assert node["keys"] == [".model", ".optim", ".mean"]
+    out = _in_fresh_process(
+        tmp_path,
+        f"""
+import datetime, jax.numpy as jnp, numpy as np, ckpt_module, eqx_msg
+before = ckpt_module.Checkpoint.validations
+loaded = eqx_msg.load({str(path)!r})["ckpt"]
+assert type(loaded) is ckpt_module.Checkpoint and ckpt_module.Checkpoint.validations == before + 1
+want = ckpt_module.make()
+assert loaded.when == datetime.datetime(2026, 12, 3, 17, 0) and loaded.tags == ["a", "b"]
+assert loaded.optim == ckpt_module.Optim(lr=1e-3) and loaded.step == 7
+assert np.array_equal(loaded.mean, want.mean)
+x = jnp.ones(2)
+assert np.array_equal(loaded.model(x), want.model(x))
+with eqx_msg.open({str(path)!r}) as reader:
+    abstract = reader.abstract()["ckpt"]  # ShapeDtypeStructs: constructed, not validated
+assert type(abstract) is ckpt_module.Checkpoint and abstract.mean.shape == (3,)
+print("ok")
+""",
+    )
+    assert out.strip() == "ok"
+    # Without the class here: refused, or generic with its fields by name.
+    with pytest.raises(eqx_msg.UnknownTypeError, match="ckpt_module.Checkpoint"):
+        eqx_msg.load(path)
+    with pytest.warns(UserWarning, match="ckpt_module.Checkpoint"):
+        generic = eqx_msg.load(path, unknown="generic")["ckpt"]
+    assert generic.cls_name == "ckpt_module.Checkpoint" and generic.step == 7
+    assert generic.optim.lr == 1e-3 and generic.mean.shape == (3,)
+
+
+def test_a_model_that_no_longer_validates_is_a_structure_mismatch(tmp_path):
+    path = tmp_path / "ckpt.eqx"
+    _in_fresh_process(tmp_path, f"import ckpt_module, eqx_msg; eqx_msg.save({str(path)!r}, ckpt_module.make().optim)")  # fmt: skip
+    from conftest import reframe
+
+    def negative(header):
+        header["tree"]["static"]["lr"] = -1.0
+
+    data = reframe(path.read_bytes(), negative)
+    out = _in_fresh_process(
+        tmp_path,
+        f"""
+import ckpt_module, eqx_msg
+try:
+    eqx_msg.loads({data!r})
+except eqx_msg.StructureMismatchError as err:
+    print(type(err).__name__, "lr must be positive" in str(err))
+""",
+    )
+    assert out.split() == ["StructureMismatchError", "True"]
+
+
+class Holder(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    thing: object
+
+
+def test_a_model_field_pydantic_cannot_dump_is_unserialisable_naming_it():
+    with pytest.raises(eqx_msg.UnserialisableError, match=r"\['h'\]\.thing: pydantic cannot dump it"):
+        eqx_msg.dumps({"h": Holder(thing=object())})

@@ -3,6 +3,7 @@
 import functools
 import subprocess
 import sys
+import textwrap
 import types
 
 import equinox as eqx
@@ -378,3 +379,37 @@ def test_format_md_lists_the_trusted_namespaces():
         for n in named
         if "." in n or n in ("jax", "numpy", "math", "optax", "equinox", "ml_dtypes")
     } <= set(_registry._SEED_NAMESPACES)
+
+
+def test_a_class_this_process_saved_loads_in_this_process_only(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import equinox as eqx, jax.numpy as jnp, eqx_msg
+
+        class Mine(eqx.Module):
+            w: jnp.ndarray
+
+        def act(x):
+            return x
+
+        try:
+            eqx_msg.loads(eqx_msg.dumps(Mine(jnp.ones(2))), allow=[])
+        except eqx_msg.UnknownTypeError:
+            raise SystemExit("refused in the process that saved it")
+        assert type(eqx_msg.loads(eqx_msg.dumps(Mine(jnp.ones(2))))) is Mine
+        eqx_msg.save({str(tmp_path / "m.eqx")!r}, Mine(jnp.ones(2)))
+        try:  # a function is not trusted this way
+            eqx_msg.loads(eqx_msg.dumps({{"f": act}}))
+        except eqx_msg.UnknownTypeError:
+            print("function refused")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["function", "refused"]
+    # A fresh process that did not save the class does not trust it.
+    fresh = subprocess.run(
+        [sys.executable, "-c", f"import eqx_msg; eqx_msg.load({str(tmp_path / 'm.eqx')!r})"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert fresh.returncode != 0 and "UnknownTypeError" in fresh.stderr

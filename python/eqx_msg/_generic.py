@@ -98,12 +98,12 @@ class GenericNode:
     """
 
     def __init__(
-        self, cls_name: str, keys: list[str], children: list[Any], static: Any, stored: Any
+        self, cls_name: str, keys: list[str], children: list[Any], static: Any, stored: bytes
     ):
         self.cls_name = cls_name
         self.children = dict(zip(keys, children))
         self.static = static
-        self._stored = stored  # ("static" | "aux", the encoded value as the file held it)
+        self._stored = stored  # the file's node without its children, as msgpack
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -125,10 +125,9 @@ class GenericNode:
         fields += [f"{k.lstrip('.')}=..." for k in self.children]
         return f"GenericNode({self.cls_name!r}, {', '.join(fields)})"
 
-    def stored(self) -> tuple[str, Any]:
-        """`("static", fields)` or `("aux", data)`: the node's flatten data as the file encoded it."""
-        kind, encoded = self._stored
-        return kind, msgpack.unpackb(encoded, raw=False, strict_map_key=False)
+    def stored(self) -> dict[str, Any]:
+        """The file's node this was read from, without its children (`c`)."""
+        return msgpack.unpackb(self._stored, raw=False, strict_map_key=False)
 
 
 def _flatten(node: GenericNode) -> tuple[list[tuple[_SavedKey, Any]], Any]:
@@ -164,22 +163,12 @@ jtu.register_pytree_with_keys(GenericNode, _flatten, _unflatten)
 def generic(node: dict[str, Any], children: list[Any], static: Any, where: Where) -> GenericNode:
     """The `GenericNode` of a file's `node` or `namedtuple` node whose class is not trusted."""
     keys = node.get("keys") or [f"[{i}]" for i in range(len(children))]
-    if node["t"] == "namedtuple":
-        keys = [f".{k}" for k in keys] if node.get("keys") else keys
-        stored: tuple[str, bytes] = ("namedtuple", msgpack.packb(node.get("keys")))
-    elif "static" in node and node["static"] is not None:
-        stored = ("static", msgpack.packb(node["static"], use_bin_type=True))
-    else:
-        stored = ("aux", msgpack.packb(node.get("aux"), use_bin_type=True))
+    if node["t"] == "namedtuple" and node.get("keys"):
+        keys = [f".{k}" for k in keys]
+    stored = msgpack.packb({k: v for k, v in node.items() if k != "c"}, use_bin_type=True)
     return GenericNode(node["cls"], list(keys), children, static, stored)
 
 
 def stored_node(node: GenericNode) -> dict[str, Any]:
     """The tree node (without `c`) a `GenericNode` was read from, for writing it back."""
-    kind, value = node.stored()
-    if kind == "namedtuple":
-        out: dict[str, Any] = {"t": "namedtuple", "cls": node.cls_name}
-        if value is not None:
-            out["keys"] = value
-        return out
-    return {"t": "node", "cls": node.cls_name, kind: value, "keys": list(node.children)}
+    return node.stored()

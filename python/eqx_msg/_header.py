@@ -154,6 +154,16 @@ class CustomNode(_Model):
     c: list[Node]
 
 
+class ModelNode(_Model):
+    """A pydantic model: its class, its inline fields (JSON-mode values) and its array fields."""
+
+    t: Literal["model"]
+    cls: str
+    static: dict[str, Any] = Field(description="the fields stored inline, by name")
+    keys: list[str] = Field(description="`.field` of each child")
+    c: list[Node]
+
+
 # An array leaf is a bare integer (an index into Header.leaves); every other node is a map tagged "t".
 Node = (
     Annotated[
@@ -169,7 +179,8 @@ Node = (
         | OrderedDictNode
         | DefaultDictNode
         | NamedTupleNode
-        | CustomNode,
+        | CustomNode
+        | ModelNode,
         Field(discriminator="t"),
     ]
 )
@@ -221,5 +232,5 @@ class Header(TreeView):
 
 
 for _model in (ListNode, TupleNode, DictNode, OrderedDictNode, DefaultDictNode, NamedTupleNode,
-               CustomNode, TreeView, Header):  # fmt: skip
+               CustomNode, ModelNode, TreeView, Header):  # fmt: skip
     _model.model_rebuild()

@@ -104,6 +104,9 @@ _by_name: dict[str, Any] = {}  # name -> object: what a file may name
 # compared by identity) so that an id reused after a re-registered object is freed never matches.
 _user_names: dict[int, tuple[Any, str]] = {}
 _public_names: dict[int, tuple[Any, str | None]] = {}  # id -> (object, its public name or None)
+# Classes this process saved under their own `module.qualname` without registering them: trusted
+# for loading in this process (the process's own code handed them to `save`; docs/SECURITY.md).
+_saved_here: dict[str, type] = {}
 _seeded = False
 
 
@@ -175,6 +178,8 @@ def name_of(obj: Any, where: str) -> str:
             "or touches files, processes or global state; docs/SECURITY.md); register it under a "
             "name of your own if you trust it"
         )
+    if isinstance(obj, type) and name == canonical_name(obj):
+        _saved_here[name] = obj  # (the latest class of that name: a notebook may redefine it)
     return name
 
 
@@ -335,6 +340,8 @@ def _held(name: str) -> Any:
     """What the registry holds under `name` (registered, seeded or found by `_look_up`), else
     `_MISSING`; walks every trusted namespace once (`_seed`) for a name no lookup can place."""
     found = _by_name.get(name, _MISSING)
+    if found is _MISSING:
+        found = _saved_here.get(name, _MISSING)
     if found is _MISSING:
         found = _look_up(name)
     if found is _MISSING and not _seeded:  # a rare name (alias, module not imported): walk all

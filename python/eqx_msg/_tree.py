@@ -20,7 +20,9 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import numpy as np
+import pydantic
 from jax._src.tree_util import default_registry
+from pydantic_core import PydanticSerializationError
 
 from . import _core, _dtypes, _generic, _modules, _place, _registry, _static
 from ._errors import (
@@ -69,6 +71,7 @@ class Tag:
     NODE = "node"
     NONE = "none"
     VALUE = "value"
+    MODEL = "model"
 
 
 # Container tags -> the class a node of that tag rebuilds as.
@@ -113,7 +116,7 @@ def child_keys(node: dict[str, Any], where: str) -> list[str] | None:
             return [dict_key(_static.decode(key, {}, where)) for key in node["k"]]
         except (HeaderError, UnknownTypeError):
             return None
-    if tag in (Tag.NODE, Tag.NAMEDTUPLE):
+    if tag in (Tag.NODE, Tag.NAMEDTUPLE, Tag.MODEL):
         names = node.get("keys")
         if names is None:
             return None
@@ -182,6 +185,8 @@ class _Flattener:
                 obj.default_factory, f"{path}.default_factory", self.level + 1
             )
             return node
+        if isinstance(obj, pydantic.BaseModel):
+            return self.model(obj, path)
         if isinstance(obj, tuple) and hasattr(kind, "_fields"):
             return {
                 "t": Tag.NAMEDTUPLE,
@@ -210,6 +215,31 @@ class _Flattener:
             "t": tag,
             "k": [_static.encode(k, path, self.level + 2) for k in obj],
             "c": self.descend(path, ((v, path + dict_key(k)) for k, v in obj.items())),
+        }
+
+    def model(self, obj: pydantic.BaseModel, path: str) -> dict[str, Any]:
+        """A pydantic model: fields holding arrays (or models) as children, the rest inline, as
+        pydantic's own JSON-mode dump of them (FORMAT.md section 4, `model`)."""
+        static: dict[str, Any] = {}
+        children: list[tuple[Any, str]] = []
+        names = [*type(obj).model_fields, *(obj.model_extra or {})]
+        for name in names:
+            value = getattr(obj, name)
+            key = path + field_key(name)
+            if _holds_arrays(value):
+                children.append((value, key))
+                continue
+            try:
+                plain = obj.model_dump(mode="json", include={name}).get(name)
+            except PydanticSerializationError as err:
+                raise UnserialisableError(f"{at(key)}: pydantic cannot dump it: {err}") from None
+            static[name] = _static.encode(plain, key, self.level + 2)
+        return {
+            "t": Tag.MODEL,
+            "cls": _registry.name_of(type(obj), path),
+            "static": static,
+            "keys": [key[len(path) :] for _, key in children],
+            "c": self.descend(path, children),
         }
 
     def custom(self, obj: Any, path: str) -> dict[str, Any]:
@@ -255,6 +285,17 @@ class _Flattener:
         self.records.append(record)
         self.sources.append(obj)
         return len(self.records) - 1
+
+
+_ARRAY_LEAVES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, pydantic.BaseModel)
+
+
+def _holds_arrays(value: Any) -> bool:
+    """Whether a pydantic model's field is stored as a child (it holds arrays or models)."""
+    if isinstance(value, _ARRAY_LEAVES):
+        return True
+    is_model = lambda x: isinstance(x, pydantic.BaseModel)  # noqa: E731
+    return any(isinstance(x, _ARRAY_LEAVES) for x in jtu.tree_leaves(value, is_leaf=is_model))
 
 
 def leaf_record(obj: Any, path: str) -> LeafRecord:
@@ -383,6 +424,8 @@ class _Builder:
             return self.custom(node, where)
         if tag == Tag.ORDEREDDICT:
             return self.mapping(node, where, collections.OrderedDict)
+        if tag == Tag.MODEL:
+            return self.pydantic_model(node, where)
         if tag == Tag.DEFAULTDICT:
             factory = _static.decode(node["factory"], self.allow, where)
             if not (factory is None or _registry.is_builtin_class(factory)):
@@ -403,6 +446,39 @@ class _Builder:
                 f"({len(keys)} keys, {len(mapping)} distinct)"
             )
         return mapping
+
+    def pydantic_model(self, node: dict[str, Any], where: Where) -> Any:
+        """A pydantic model, rebuilt through its own validation (its validators run). Where the
+        tree is abstract (ShapeDtypeStructs in place of arrays: `abstract()`, `filter=`) and
+        validation refuses them, it is constructed without validation instead."""
+        cls = _registry.resolve(node["cls"], self.allow, where)
+        static = {k: _static.decode(v, self.allow, where) for k, v in node["static"].items()}
+        if isinstance(cls, _generic.UnknownName):  # (unknown="generic")
+            return self.generic(node, static, where)
+        if not (isinstance(cls, type) and issubclass(cls, pydantic.BaseModel)):
+            raise HeaderError(f"{at(where)}: {node['cls']!r} is not a pydantic model class")
+        keys = node["keys"]
+        if not all(k.startswith(".") for k in keys):
+            raise HeaderError(
+                f"{at(where)}: a model node's keys are .field names, not {keys!r:.60}"
+            )
+        children = self.children(node["c"], where, functools.partial(_saved_key, node))
+        data = {**static, **{k[1:]: child for k, child in zip(keys, children)}}
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as err:
+            abstract = any(
+                isinstance(x, jax.ShapeDtypeStruct)
+                for x in jtu.tree_leaves(
+                    children, is_leaf=lambda x: isinstance(x, pydantic.BaseModel)
+                )
+            )
+            if abstract:
+                return cls.model_construct(**data)
+            raise StructureMismatchError(
+                f"{at(where)}: the file's {node['cls']} does not validate as the class is now: "
+                f"{err}. {_CHANGED}"
+            ) from None
 
     def namedtuple(self, node: dict[str, Any], where: Where) -> Any:
         cls = _registry.resolve(node["cls"], self.allow, where)

@@ -33,11 +33,13 @@ pub enum Tag {
     NamedTuple,
     /// Any other registered pytree node (`cls`, `aux` or `static`, optional `keys`, `c`).
     Node,
+    /// A pydantic model (`cls`, `static`: its inline fields, `keys`: `.field` of each child, `c`).
+    Model,
 }
 
 impl Tag {
     /// Every tag, in the order of FORMAT.md's table.
-    pub const ALL: [Tag; 9] = [
+    pub const ALL: [Tag; 10] = [
         Tag::None,
         Tag::Value,
         Tag::List,
@@ -47,6 +49,7 @@ impl Tag {
         Tag::DefaultDict,
         Tag::NamedTuple,
         Tag::Node,
+        Tag::Model,
     ];
 
     /// The tag as the header spells it.
@@ -61,6 +64,7 @@ impl Tag {
             Tag::DefaultDict => "defaultdict",
             Tag::NamedTuple => "namedtuple",
             Tag::Node => "node",
+            Tag::Model => "model",
         }
     }
 
@@ -249,7 +253,7 @@ impl Walk {
                     )));
                 }
             }
-            Tag::NamedTuple | Tag::Node => {
+            Tag::NamedTuple | Tag::Node | Tag::Model => {
                 match Cursor::at(buf, require(CLS)?).next()? {
                     Token::Str(_) => {}
                     other => {
@@ -271,6 +275,10 @@ impl Walk {
                     if let Some(p) = stat {
                         self.static_fields(buf, p)?;
                     }
+                }
+                if tag == Tag::Model {
+                    self.static_fields(buf, require(STATIC)?)?;
+                    array(KEYS, require(KEYS)?)?; // (required here: nil is not absent)
                 }
                 let children = array(C, require(C)?)?;
                 if let Some(p) = present(KEYS) {
@@ -623,6 +631,59 @@ mod tests {
                 ("c", leaves(&[0, 1, 2])),
             ]),
             "\"keys\" of a \"namedtuple\" node is an array, not str",
+        );
+    }
+
+    #[test]
+    fn a_model_node_has_its_class_inline_fields_and_child_keys() {
+        let model = |extra: Vec<(&'static str, Value)>| {
+            let mut e = vec![("t", s("model")), ("c", leaves(&[0, 1, 2]))];
+            e.extend(extra);
+            node(e)
+        };
+        let keys = arr(vec![s(".a"), s(".b"), s(".c")]);
+        let fields = map(vec![("lr", Value::F64(0.1))]);
+        verdict(model(vec![
+            ("cls", s("m.Config")),
+            ("static", fields.clone()),
+            ("keys", keys.clone()),
+        ]))
+        .unwrap();
+        refused(
+            model(vec![("static", fields.clone()), ("keys", keys.clone())]),
+            "a \"model\" node has no \"cls\"",
+        );
+        refused(
+            model(vec![("cls", s("m.C")), ("keys", keys.clone())]),
+            "a \"model\" node has no \"static\"",
+        );
+        refused(
+            model(vec![("cls", s("m.C")), ("static", fields.clone())]),
+            "a \"model\" node has no \"keys\"",
+        );
+        refused(
+            model(vec![
+                ("cls", s("m.C")),
+                ("static", Value::Nil),
+                ("keys", keys.clone()),
+            ]),
+            "\"static\" is a map of field names to static values, not nil",
+        );
+        refused(
+            model(vec![
+                ("cls", s("m.C")),
+                ("static", fields),
+                ("keys", arr(vec![s(".a")])),
+            ]),
+            "a \"model\" node has 1 keys but 3 children",
+        );
+        refused(
+            model(vec![
+                ("cls", s("m.C")),
+                ("static", map(vec![])),
+                ("keys", Value::Nil),
+            ]),
+            "\"keys\" of a \"model\" node is an array, not nil",
         );
     }
 
