@@ -367,5 +367,7 @@ class Holder(pydantic.BaseModel):
 
 
 def test_a_model_field_pydantic_cannot_dump_is_unserialisable_naming_it():
-    with pytest.raises(eqx_msg.UnserialisableError, match=r"\['h'\]\.thing: pydantic cannot dump it"):
+    with pytest.raises(
+        eqx_msg.UnserialisableError, match=r"\['h'\]\.thing: pydantic cannot dump it"
+    ):
         eqx_msg.dumps({"h": Holder(thing=object())})

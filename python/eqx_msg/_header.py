@@ -29,7 +29,9 @@ LeafKind = Literal["numpy", "numpy_scalar", "jax", "key", "abstract"]
 
 
 class _Model(BaseModel):
-    # Unknown keys are kept, not refused: later minor versions may add keys (FORMAT.md section 8).
+    # Unknown keys are not refused: later minor versions may add keys (FORMAT.md section 8). The
+    # core ignores them in the header, leaf and sharding records, so a file's models hold only the
+    # keys this version knows there; tree nodes keep theirs (extra="allow").
     model_config = ConfigDict(extra="allow", frozen=True)
 
 

@@ -3,6 +3,8 @@ in the file's structure or `like=`'s."""
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -64,9 +66,10 @@ def rebuild(file: File, load: Load) -> Any:
 
 
 def skeleton(like: Any, file: File) -> Any:
-    """`like=` itself, or what it returns given the file's metadata where it is a function (a pytree
-    leaf that is callable: a Module, though callable, is a pytree of its fields)."""
-    if callable(like) and jtu.treedef_is_leaf(jtu.tree_structure(like)):
+    """`like=` itself, or what it returns given the file's metadata where it is a function (a
+    function, method or partial: a Module, though callable, is the skeleton itself, and so is a
+    class standing as a value leaf)."""
+    if isinstance(like, types.FunctionType | types.MethodType | functools.partial):
         return like(file.metadata)
     return like
 

@@ -74,6 +74,12 @@ class Tag:
     MODEL = "model"
 
 
+# The tags of nodes with children (`c`); a `c` on any other node is not read.
+_CONTAINERS = frozenset(
+    {Tag.DICT, Tag.ORDEREDDICT, Tag.DEFAULTDICT, Tag.LIST, Tag.TUPLE, Tag.NAMEDTUPLE, Tag.NODE,
+     Tag.MODEL}
+)  # fmt: skip
+
 # Container tags -> the class a node of that tag rebuilds as.
 MAPPINGS: dict[str, type] = {
     Tag.DICT: dict,
@@ -438,8 +444,15 @@ class _Builder:
 
     def mapping(self, node: dict[str, Any], where: Where, make: Callable[[Any], _M]) -> _M:
         """A dict-like node from `make(pairs)`; a repeated key (its leaves would vanish) is refused."""
-        keys = _static.spread([_static.decode(key, self.allow, where) for key in node["k"]], where)
-        mapping = make(zip(keys, self.children(node["c"], where, lambda i: dict_key(keys[i]))))
+        keys = [_static.decode(key, self.allow, where) for key in node["k"]]
+        children = self.children(node["c"], where, lambda i: dict_key(keys[i]))
+        try:
+            mapping = make(zip(_static.spread(keys, where), children))
+        except TypeError:  # a key that decodes to an unhashable value ($list, $dict, ...)
+            bad = next((k for k in keys if not _hashable(k)), None)
+            raise HeaderError(
+                f"{at(where)}: a {node['t']} key must be hashable, not {bad!r:.60}"
+            ) from None
         if len(mapping) != len(keys):
             raise HeaderError(
                 f"{at(where)}: a {node['t']} node repeats a key "
@@ -546,7 +559,8 @@ class _Builder:
                 f"{len(children)} children{f' {saved}' if saved is not None else ''} and flatten "
                 f"data: {type(err).__name__}: {err}. {_CHANGED}"
             ) from None
-        _check_keys(node, node.get("keys"), _child_keys(cls, obj), where)
+        if node.get("keys") is not None:
+            _check_keys(node, node["keys"], _child_keys(cls, obj), where)
         return obj
 
     def generic(self, node: dict[str, Any], static: Any, where: Where) -> _generic.GenericNode:
@@ -562,6 +576,14 @@ class _Builder:
         return _modules.flatten_data(
             cls, stored, lambda value: _static.decode(value, self.allow, where), node["cls"], where
         )
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _field_key(fields: list[str], i: int) -> str:
@@ -626,7 +648,7 @@ def walk(
             continue
         keys = None if path is None else child_keys(node, path)
         yield path, node, keys
-        children = node.get("c", ())
+        children = node["c"] if node["t"] in _CONTAINERS else ()
         if path is None or keys is None:
             if enter is None:
                 stack.extend((child, None) for child in reversed(children))
@@ -680,7 +702,7 @@ def static_differences(treedef: Any, node: Any) -> list[str]:
     while stack:
         treedef, node, path = stack.pop()
         data = treedef.node_data()
-        if data is None or type(node) is int or "c" not in node:
+        if data is None or type(node) is int or node["t"] not in _CONTAINERS:
             continue  # a leaf on either side (or a node without children: none, value)
         cls, aux = data
         tag, stored, children = node["t"], node["c"], treedef.children()

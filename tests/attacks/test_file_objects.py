@@ -188,12 +188,6 @@ class _Hashing:
         return getattr(self._f, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: save() takes the positional path for any object with a "
-    "fileno() on a regular file, bypassing the object's own write(): a gzip.GzipFile "
-    "gets raw, uncompressed bytes written into the .gz at its uncompressed offset",
-)
 def test_save_into_a_gzip_file_writes_compressed_bytes(tmp_path):
     path = tmp_path / "f.eqx.gz"
     ref = eqx_msg.dumps(SMALL)
@@ -215,12 +209,6 @@ def test_save_into_a_fresh_gzip_file_is_refused_or_compressed(tmp_path):
     assert gzip.decompress(path.read_bytes()) == eqx_msg.dumps(SMALL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: save() bypasses a file object's write() when it has a "
-    "fileno() on a regular file at its end: a wrapper that hashes (or counts, or "
-    "encrypts) what is written through it sees nothing",
-)
 def test_save_writes_through_a_wrapping_file_objects_write(tmp_path):
     ref = eqx_msg.dumps(SMALL)
     with open(tmp_path / "f", "wb") as raw:

@@ -15,9 +15,10 @@ malformed), and maps that repeat a key (encoded by hand: no msgpack library writ
 indices are numbered in the order the core walks the tree, and records get the key paths the
 builder would give them, so many files are accepted and the `like=` / `filter=` paths run too.
 
-`test_trees_never_raise_a_raw_exception` leaves out the two shapes of tree that are known to raise
-raw exceptions at this commit (see the xfail tests at the end and the report); the xfail fuzz run
-includes them.
+`test_trees_never_raise_a_raw_exception` leaves out two shapes of tree (unhashable dict keys, `c`
+on none/value nodes) that raised raw exceptions when this file was written;
+`test_the_fuzzer_with_the_bug_shapes_finds_nothing` draws them too. The tests after it are the
+bugs it found, each fixed since (the review of e1f95db).
 """
 
 from __future__ import annotations
@@ -553,17 +554,11 @@ def test_leaf_indices_of_every_msgpack_type(case, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------------------------
-# The bugs found (xfail, strict: each fails at this commit; a fix makes them pass).
+# The bugs the fuzzer found (each fixed since; they stay as regression tests).
 
 NODE_NO_KEYS = {"t": "node", "cls": "equinox.nn.Identity", "aux": None}  # children's keys unknown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dict node's key that decodes to an unhashable "
-    "value (a $list, $dict, $set or $ndarray) raises a raw TypeError from loads/open",
-    raises=TypeError,
-)
 @pytest.mark.parametrize("key", [{"$": "list", "v": []}, {"$": "dict", "k": [], "v": []},
                                  {"$": "set", "v": []}, [{"$": "list", "v": []}],
                                  {"$": "ndarray", "dtype": "int8", "shape": [1], "data": b"\0"}])  # fmt: skip
@@ -574,12 +569,6 @@ def test_unhashable_dict_node_key_is_a_header_error(key):
         eqx_msg.loads(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dict node with more than 32 keys, one unhashable, "
-    "raises a raw TypeError from _static.spread (hash())",
-    raises=TypeError,
-)
 def test_unhashable_key_among_many_is_a_header_error():
     keys = [*range(40), {"$": "list", "v": []}]
     data = file_of({"t": "dict", "k": keys, "c": [0] + [{"t": "none"}] * 40}, ["[0]"])
@@ -587,13 +576,6 @@ def test_unhashable_key_among_many_is_a_header_error():
         eqx_msg.loads(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `c` of a none/value node is not checked by the core "
-    "(it does not use it) but _tree.walk iterates it: loads(like=...) and "
-    "Reader.get raise a raw TypeError",
-    raises=TypeError,
-)
 @pytest.mark.parametrize("c", [5, None, True, 1.5])
 @pytest.mark.parametrize("tag", ["none", "value"])
 @pytest.mark.parametrize("how", ["like", "get", "filter"])
@@ -612,14 +594,6 @@ def test_c_of_a_none_or_value_node(c, tag, how):
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: below a node whose children's keys are unknown, "
-    "_tree.walk descends into the `c` of a none node (unchecked by the core): a "
-    "str or map child raises a raw TypeError or KeyError from value_paths "
-    "(loads(like=...))",
-    raises=(TypeError, KeyError),
-)
 @pytest.mark.parametrize("c", [[{"x": 1}], ["s"], {"a": 1}, "abc", [[0]]])
 def test_children_of_a_none_node_below_a_node_without_keys(c):
     tree = {**NODE_NO_KEYS, "c": [0, {"t": "none", "c": c}]}
@@ -629,12 +603,6 @@ def test_children_of_a_none_node_below_a_node_without_keys(c):
         eqx_msg.loads(data, like={"x": np.zeros(4, np.float32)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FORMAT.md section 4 says no map anywhere in the tree "
-    "repeats a key and the core checks this at open, but the `c` of a none/value "
-    "node is skipped unchecked (tree.rs `c.skip`), so the file is accepted",
-)
 def test_repeated_key_inside_c_of_a_none_node_is_refused():
     node = Pairs([("t", "none"), ("c", [Pairs([("a", 1), ("a", 2)])])])
     data = file_of(Pairs([("t", "list"), ("c", [0, node])]), ["[0]"])
@@ -649,13 +617,7 @@ def _fuzz_with_the_known_bugs(tree, tmp_path_factory):
     check_file(file_of(numbered, paths), paths, others, tmp_path_factory.mktemp("f") / "f.eqx")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the fuzzer, with unhashable dict keys and `c` on "
-    "none/value nodes allowed, finds raw exceptions (the bugs above)",
-    raises=(TypeError, KeyError, AttributeError),
-)
-def test_the_fuzzer_finds_the_known_bugs(tmp_path_factory):
+def test_the_fuzzer_with_the_bug_shapes_finds_nothing(tmp_path_factory):
     _fuzz_with_the_known_bugs(tmp_path_factory=tmp_path_factory)
 
 
@@ -667,10 +629,6 @@ def test_a_repeated_key_written_by_hand_is_refused_at_open():
     assert math.isnan(plain(F32(float("nan"))))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a root leaf index encoded as a signed msgpack int "
-                   "(0xd0-0xd3) is refused by header.rs's marker-byte check ('expected map or leaf "
-                   "index, found int 0'), while tree.rs accepts that encoding for every other node",
-                   raises=eqx_msg.HeaderError)  # fmt: skip
 def test_a_root_leaf_index_encoded_as_a_signed_int_is_a_leaf_index():
     data = file_of(Signed(0), ["[0]"])
     assert eqx_msg.loads(data).shape == (4,)

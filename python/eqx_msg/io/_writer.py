@@ -7,6 +7,7 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -58,8 +59,9 @@ def save(
 
     A file object is written from its position and left at the end of what was written (it is
     not fsynced or closed). A regular file that ends at its position (as one just opened with
-    `"wb"` does) is written by the same positional writes as a path; any other file object (a
-    socket, `io.BytesIO`, a file opened for appending) is streamed to in order.
+    `"wb"` does) is written by the same positional writes as a path; any other plain file or an
+    `io.BytesIO` by its own writes, the front last; any other file object (a wrapper such as
+    `gzip.GzipFile`, a socket, a file opened for appending) gets every byte once, in order.
     """
     if isinstance(target, bytes | bytearray | memoryview):
         raise TypeError(
@@ -102,10 +104,10 @@ def _write(f: BinaryIO, planned: _plan.Plan) -> None:
 
     Into a regular file that ends at that position (a file just opened with "wb"), by positional
     writes, as for a path (the file object is flushed first, and left at the end of what was
-    written). Otherwise streamed: a placeholder front, every leaf with zero padding, then the
-    sealed front over the placeholder; a stream that cannot seek back, or a file opened for
-    appending, is summed first (each leaf is read twice, device arrays copied to the host twice)
-    and then written in order."""
+    written). A plain file or `io.BytesIO` otherwise gets a placeholder front, every leaf with zero
+    padding, then the sealed front over the placeholder. Any other file object (a wrapper such as
+    `gzip.GzipFile`, a socket, a file opened for appending) gets every byte once, in order: the
+    leaves are summed first (read twice, device arrays copied to the host twice)."""
     fd = _positional_fd(f)
     if fd is not None:
         start = f.tell()
@@ -113,7 +115,7 @@ def _write(f: BinaryIO, planned: _plan.Plan) -> None:
         f.seek(start + _core.FileFrame(planned.header).total_len)
         return
     frame = _core.FileFrame(planned.header)
-    if _seekable(f) and not _appends(f):  # (appending, the front would land at the end)
+    if type(f) in _SEEKS_BACK and _seekable(f) and not _appends(f):  # (appending: at the end)
         start = f.tell()
         _write_all(f, bytes(frame.data_start))
         crcs = _write_leaves(_StreamSink(f), planned)
@@ -127,12 +129,19 @@ def _write(f: BinaryIO, planned: _plan.Plan) -> None:
     _write_leaves(_StreamSink(f), planned)
 
 
+_PLAIN_FILES = (io.FileIO, io.BufferedWriter, io.BufferedRandom)
+# File objects whose front may be written last, over a placeholder: any other (a wrapper that
+# compresses, hashes or uploads what passes through its write) gets every byte once, in order.
+_SEEKS_BACK = (*_PLAIN_FILES, io.BytesIO)
+
+
 def _positional_fd(f: BinaryIO) -> int | None:
     """The descriptor of `f`, flushed, if positional writes at its position are the same as writing
-    to it: a seekable regular file, open for writing without O_APPEND, that ends at or before its
+    to it: a plain file object (`open(path, "wb")` and the like, no wrapper of its own) of a
+    seekable regular file, open for writing without O_APPEND, that ends at or before its
     position (so no byte past it is overwritten or left between the leaves). Else None."""
-    if not _POSITIONAL or not _seekable(f) or _appends(f):
-        return None
+    if not _POSITIONAL or type(f) not in _PLAIN_FILES or not _seekable(f) or _appends(f):
+        return None  # (a wrapper, gzip say, must see every byte through its own write)
     try:
         fd = f.fileno()
         f.flush()

@@ -299,11 +299,7 @@ impl<'a> Header<'a> {
         }
         let [tree, metadata, writer] = raw;
         let tree = tree.ok_or_else(|| Error::MissingField { field: field(5) })?;
-        // The root node is a map, or a bare leaf index when the whole tree is one array.
-        if !tree.is_map() && !tree.is_uint() {
-            let found = Cursor::at(tree.as_bytes(), 0).next()?;
-            return Err(wrong(&field(5), "map or leaf index", &found));
-        }
+        // (What the tree's nodes may be, the root's included, is `tree::check`'s, in `validate`.)
         let writer = writer.filter(|v| !v.is_nil()); // nil counts as absent (FORMAT.md section 2)
         if let Some(v) = writer {
             let mut w = Cursor::at(v.as_bytes(), 0);
@@ -1054,12 +1050,12 @@ mod tests {
         assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
         let v = with_leaf(good_header(), 0, "kind", Value::from("torch"));
         assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
-        let v = with_root(good_header(), "tree", Value::from("x"));
-        assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
-        let v = with_root(good_header(), "tree", Value::from(-1));
-        assert_eq!(Header::decode(&enc(&v)).unwrap_err().kind(), "HeaderError");
-        let v = with_root(good_header(), "tree", Value::from(0));
-        assert!(Header::decode(&enc(&v)).is_ok());
+        for bad in [Value::from("x"), Value::from(-1), Value::from(0)] {
+            // (the root's node rules are checked with the rest of the tree, in validate)
+            let v = with_root(good_header(), "tree", bad);
+            let e = Header::decode_validated(&enc(&v)).unwrap_err();
+            assert_eq!(e.kind(), "HeaderError", "{e}");
+        }
         assert_eq!(
             Header::decode(&enc(&Value::from(1))).unwrap_err().kind(),
             "HeaderError"

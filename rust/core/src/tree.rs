@@ -206,7 +206,12 @@ impl Walk {
             Some(t) => match t? {
                 Token::Str(s) => Tag::from_name(s)
                     .ok_or_else(|| self.bad(format!("unknown tree node type {s:?}")))?,
-                other => return Err(self.bad(format!("\"t\" is a str, not {}", other.describe()))),
+                other => {
+                    return Err(self.bad(format!(
+                        "\"t\" (the node type) must be a str, not {}",
+                        other.describe()
+                    )))
+                }
             },
         };
         // A nil value of an optional key counts as absent (FORMAT.md section 2).
@@ -228,13 +233,23 @@ impl Walk {
                 ))),
             }
         };
+        if matches!(tag, Tag::None | Tag::Value) {
+            if let Some(p) = at[C] {
+                // Not children here, but a map in it still may not repeat a key.
+                values(&mut Cursor::at(buf, p), level + 1, &|| self.map_name(""))?;
+            }
+        }
         match tag {
             Tag::None => return Ok(()),
             Tag::Value => {
                 require(V)?;
                 if let Some(p) = present(P) {
-                    if !matches!(Cursor::at(buf, p).next()?, Token::Str(_)) {
-                        return Err(self.bad("a value node's key path \"p\" is a str".into()));
+                    let found = Cursor::at(buf, p).next()?;
+                    if !matches!(found, Token::Str(_)) {
+                        return Err(self.bad(format!(
+                            "a value node's key path \"p\" must be a str, not {}",
+                            found.describe()
+                        )));
                     }
                 }
                 return Ok(());
@@ -248,7 +263,7 @@ impl Walk {
                 let children = array(C, require(C)?)?;
                 if keys != children {
                     return Err(self.bad(format!(
-                        "a {:?} node has {keys} keys but {children} children",
+                        "a {:?} node has {keys} entries in \"k\" but {children} children",
                         tag.name()
                     )));
                 }
@@ -287,12 +302,12 @@ impl Walk {
                     k.next()?;
                     for _ in 0..len {
                         if !matches!(k.next()?, Token::Str(_)) {
-                            return Err(self.bad("\"keys\" holds str only".into()));
+                            return Err(self.bad("\"keys\" must hold str only".into()));
                         }
                     }
                     if len != children {
                         return Err(self.bad(format!(
-                            "a {:?} node has {len} keys but {children} children",
+                            "a {:?} node has {len} entries in \"keys\" but {children} children",
                             tag.name()
                         )));
                     }
@@ -524,7 +539,7 @@ mod tests {
         refused(node(vec![("c", all.clone())]), "node tree: it has no \"t\"");
         refused(
             node(vec![("t", Value::from(1))]),
-            "\"t\" is a str, not int 1",
+            "\"t\" (the node type) must be a str, not int 1",
         );
         refused(
             node(vec![("t", s("leaf")), ("i", Value::from(0))]),
@@ -545,7 +560,7 @@ mod tests {
                 ("k", arr(vec![s("a")])),
                 ("c", all.clone()),
             ]),
-            "a \"ordereddict\" node has 1 keys but 3 children",
+            "a \"ordereddict\" node has 1 entries in \"k\" but 3 children",
         );
         refused(
             node(vec![
@@ -565,7 +580,7 @@ mod tests {
                 ("v", Value::from(1)),
                 ("p", Value::from(1)),
             ]),
-            "a value node's key path \"p\" is a str",
+            "a value node's key path \"p\" must be a str, not int 1",
         );
         let custom = |extra: Vec<(&'static str, Value)>| {
             let mut e = vec![("t", s("node")), ("c", leaves(&[0, 1, 2]))];
@@ -613,7 +628,7 @@ mod tests {
                 ("aux", Value::Nil),
                 ("keys", arr(vec![s(".a"), Value::from(1), s(".c")])),
             ]),
-            "\"keys\" holds str only",
+            "\"keys\" must hold str only",
         );
         refused(
             custom(vec![
@@ -621,7 +636,7 @@ mod tests {
                 ("aux", Value::Nil),
                 ("keys", arr(vec![s(".a")])),
             ]),
-            "a \"node\" node has 1 keys but 3 children",
+            "a \"node\" node has 1 entries in \"keys\" but 3 children",
         );
         refused(
             node(vec![
@@ -675,7 +690,7 @@ mod tests {
                 ("static", fields),
                 ("keys", arr(vec![s(".a")])),
             ]),
-            "a \"model\" node has 1 keys but 3 children",
+            "a \"model\" node has 1 entries in \"keys\" but 3 children",
         );
         refused(
             model(vec![
@@ -739,6 +754,16 @@ mod tests {
             value(ints),
             "has the key \"(a non-str key)\" more than once",
         );
+        let in_c = Value::Map(vec![(s("a"), Value::Nil), (s("a"), Value::Nil)]);
+        let none = node(vec![("t", s("none")), ("c", arr(vec![in_c]))]);
+        let tree = node(vec![
+            ("t", s("list")),
+            (
+                "c",
+                arr(vec![Value::from(0), Value::from(1), Value::from(2), none]),
+            ),
+        ]);
+        refused(tree, "has the key \"a\" more than once");
         verdict(value(Value::Map(vec![
             (Value::from(1), Value::Nil),
             (Value::from(2), Value::Nil),

@@ -623,8 +623,6 @@ fn unusable() -> PyErr {
     )
 }
 
-/// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
-/// per distinct one, its first leaf.
 /// A leaf record as a dict of FORMAT.md section 3's keys (None where absent; `sharding` only
 /// where present, as a dict of its keys).
 fn leaf_record<'py>(py: Python<'py>, leaf: &LeafSpec) -> PyResult<Bound<'py, PyDict>> {
@@ -660,6 +658,8 @@ fn leaf_record<'py>(py: Python<'py>, leaf: &LeafSpec) -> PyResult<Bound<'py, PyD
     Ok(record)
 }
 
+/// Per leaf, the index of its `(dtype, shape, weak_type, key_impl)` among the distinct ones; and
+/// per distinct one, its first leaf.
 fn leaf_types(leaves: &[LeafSpec]) -> (Vec<usize>, Vec<usize>) {
     let mut first = Vec::new();
     let mut seen = HashMap::new();
