@@ -197,7 +197,8 @@ def test_the_json_schemas_are_the_headers():
 
 
 def _ref(prop):
-    """The definition a property points to (pydantic < 2.9 wraps a titled `$ref` in `allOf`)."""
+    """The definition a property points to (pydantic 2.7.0, the oldest supported, wraps a titled
+    `$ref` in `allOf`; the newest does not)."""
     if "allOf" in prop:
         (prop,) = prop["allOf"]
     return prop["$ref"]
